@@ -1,0 +1,90 @@
+// Command tunnel-agent runs on every node. It dials out to tunnel-server,
+// proves its node identity with a client certificate, keeps one multiplexed
+// TLS connection open, and dials destinations on the node's network for the
+// control plane.
+package main
+
+import (
+	"crypto/tls"
+	"os"
+
+	"github.com/spf13/pflag"
+
+	"github.com/tunnel-project/tunnel/cmd/internal/cli"
+	"github.com/tunnel-project/tunnel/tunnel"
+)
+
+const prog = "tunnel-agent"
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+// agentFlags binds every flag of the agent one-to-one to its setting.
+type agentFlags struct {
+	caFile, certFile, keyFile, serverName string
+	nodeIPs, podCIDRs                     []string
+	cfg                                   tunnel.AgentConfig
+	log                                   cli.LogFlags
+}
+
+func (f *agentFlags) bind(fs *pflag.FlagSet) {
+	fs.StringVar(&f.cfg.ServerAddress, "server-address", "", "host:port of tunnel-server's agent port")
+	fs.StringVar(&f.caFile, "ca-file", "", "CA bundle that verifies the server's certificate")
+	fs.StringVar(&f.certFile, "tls-cert-file", "", "agent client certificate (PEM): CN=system:node:NODE_NAME or a DNS SAN NODE_NAME")
+	fs.StringVar(&f.keyFile, "tls-private-key-file", "", "private key of --tls-cert-file (PEM)")
+	fs.StringVar(&f.serverName, "server-name", "", "name to verify in the server's certificate (default: the host of --server-address)")
+	fs.StringVar(&f.cfg.NodeName, "node-name", "", "this node's name; the certificate must prove it")
+	fs.StringSliceVar(&f.nodeIPs, "node-ip", nil, "this node's IP (repeatable); dials to --node-name go to the first")
+	fs.StringSliceVar(&f.podCIDRs, "pod-cidr", nil, "this node's pod CIDR (repeatable; the server must trust agent routes)")
+	fs.BoolVar(&f.cfg.DefaultRoute, "default-route", false, "serve every destination no other agent claims, such as service IPs (the server must trust agent routes)")
+	fs.DurationVar(&f.cfg.MaxDialTimeout, "max-dial-timeout", f.cfg.MaxDialTimeout, "upper bound on any dial this agent makes")
+	fs.DurationVar(&f.cfg.HandshakeTimeout, "handshake-timeout", f.cfg.HandshakeTimeout, "bound on connecting, TLS and hello")
+	fs.DurationVar(&f.cfg.MinBackoff, "reconnect-min-backoff", f.cfg.MinBackoff, "first wait before reconnecting; doubles up to --reconnect-max-backoff, with jitter")
+	fs.DurationVar(&f.cfg.MaxBackoff, "reconnect-max-backoff", f.cfg.MaxBackoff, "longest wait between reconnects")
+	f.log.Bind(fs)
+}
+
+func run(args []string) int {
+	f := agentFlags{cfg: tunnel.DefaultAgentConfig()}
+	fs := pflag.NewFlagSet(prog, pflag.ContinueOnError)
+	f.bind(fs)
+	err := cli.Parse(fs, args)
+	if err == nil {
+		err = runAgent(&f, fs)
+	}
+	return cli.Exit(prog, fs, err)
+}
+
+func runAgent(f *agentFlags, fs *pflag.FlagSet) error {
+	if err := cli.Required(fs, "server-address", "ca-file", "tls-cert-file", "tls-private-key-file", "node-name"); err != nil {
+		return err
+	}
+	var err error
+	if f.cfg.NodeIPs, err = cli.IPs("node-ip", f.nodeIPs); err != nil {
+		return err
+	}
+	if f.cfg.PodCIDRs, err = cli.Prefixes("pod-cidr", f.podCIDRs); err != nil {
+		return err
+	}
+	if f.cfg.Logger, err = f.log.Logger(); err != nil {
+		return err
+	}
+	cert, err := cli.KeyPair("tls-cert-file", f.certFile, f.keyFile)
+	if err != nil {
+		return err
+	}
+	pool, err := cli.Pool("ca-file", f.caFile)
+	if err != nil {
+		return err
+	}
+	f.cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: f.serverName}
+	agent, err := tunnel.NewAgent(f.cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	f.cfg.Logger.Info("tunnel-agent started", "node", f.cfg.NodeName, "server", f.cfg.ServerAddress)
+	err = agent.Run(ctx)
+	f.cfg.Logger.Info("tunnel-agent stopped")
+	return err
+}

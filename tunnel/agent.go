@@ -1,0 +1,247 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// AgentConfig configures an Agent. Start from DefaultAgentConfig.
+type AgentConfig struct {
+	// ServerAddress is the server's agent port, "host:port".
+	ServerAddress string
+	// TLS holds the agent's client certificate and the CA pool (RootCAs)
+	// that verifies the server; ServerName defaults to the address's host.
+	TLS *tls.Config
+	// NodeName is the node this agent serves; its certificate must prove it.
+	NodeName string
+	// NodeIPs are the node's addresses. Dials to NodeName go to the first.
+	NodeIPs []netip.Addr
+	// PodCIDRs are the node's pod ranges, routed here by longest prefix.
+	PodCIDRs []netip.Prefix
+	// DefaultRoute asks the server for every destination no other agent claims.
+	DefaultRoute bool
+	// MaxDialTimeout caps the dial deadline the server asks for. Default 30s.
+	MaxDialTimeout time.Duration
+	// HandshakeTimeout bounds connecting, TLS and hello. Default 10s.
+	HandshakeTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the jittered exponential wait between
+	// reconnects. Defaults 500ms and 30s.
+	MinBackoff, MaxBackoff time.Duration
+	// StableAfter is how long a session must last for the backoff to reset.
+	// Default 30s.
+	StableAfter time.Duration
+	// Logger receives the agent's logs. Nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultAgentConfig returns an AgentConfig with every default filled in.
+func DefaultAgentConfig() AgentConfig {
+	return AgentConfig{
+		MaxDialTimeout:   30 * time.Second,
+		HandshakeTimeout: 10 * time.Second,
+		MinBackoff:       500 * time.Millisecond,
+		MaxBackoff:       30 * time.Second,
+		StableAfter:      30 * time.Second,
+	}
+}
+
+// Validate reports the first setting that cannot work.
+func (c *AgentConfig) Validate() error {
+	if _, _, err := net.SplitHostPort(c.ServerAddress); err != nil {
+		return fmt.Errorf("tunnel: server address %q is not host:port", c.ServerAddress)
+	}
+	switch {
+	case c.TLS == nil || len(c.TLS.Certificates) == 0 && c.TLS.GetClientCertificate == nil:
+		return errors.New("tunnel: agent needs a client certificate")
+	case c.TLS.RootCAs == nil:
+		return errors.New("tunnel: agent needs a CA bundle to verify the server")
+	case c.NodeName == "":
+		return errors.New("tunnel: agent needs a node name")
+	case c.MaxDialTimeout <= 0 || c.HandshakeTimeout <= 0:
+		return errors.New("tunnel: timeouts must be positive")
+	case c.MinBackoff <= 0 || c.MaxBackoff < c.MinBackoff:
+		return errors.New("tunnel: backoff must satisfy 0 < min <= max")
+	}
+	return nil
+}
+
+// RejectedError is the server's refusal to register the agent.
+type RejectedError struct{ Reason string }
+
+func (e *RejectedError) Error() string { return "registration rejected by server: " + e.Reason }
+
+// Agent keeps a session to the server and dials on its behalf.
+type Agent struct {
+	cfg        AgentConfig
+	log        *slog.Logger
+	tls        *tls.Config
+	registered atomic.Bool
+	wg         sync.WaitGroup // stream handlers
+}
+
+// NewAgent validates cfg and returns an Agent ready to Run.
+func NewAgent(cfg AgentConfig) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	t := cfg.TLS.Clone()
+	t.MinVersion = tls.VersionTLS13
+	if t.ServerName == "" {
+		t.ServerName, _, _ = net.SplitHostPort(cfg.ServerAddress)
+	}
+	cfg.NodeName = strings.ToLower(cfg.NodeName)
+	return &Agent{cfg: cfg, log: logger(cfg.Logger), tls: t}, nil
+}
+
+// Registered reports whether the agent holds a registered session now.
+func (a *Agent) Registered() bool { return a.registered.Load() }
+
+// Run connects, serves and reconnects until ctx ends, then closes the
+// session and waits for its streams. It returns nil after ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.wg.Wait()
+	backoff := a.cfg.MinBackoff
+	for {
+		start := time.Now()
+		err := a.runSession(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) >= a.cfg.StableAfter {
+			backoff = a.cfg.MinBackoff
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		a.log.Warn("session ended; reconnecting", "server", a.cfg.ServerAddress, "err", err, "in", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(2*backoff, a.cfg.MaxBackoff)
+	}
+}
+
+// runSession runs one session from dial to its end.
+func (a *Agent) runSession(ctx context.Context) error {
+	hctx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
+	defer cancel()
+	sess, err := dialTLS(hctx, a.cfg.ServerAddress, a.tls)
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	reply, err := a.hello(hctx, sess)
+	if err != nil {
+		return err
+	}
+	a.registered.Store(true)
+	defer a.registered.Store(false)
+	a.log.Info("registered", "node", a.cfg.NodeName, "server_id", reply.ServerID, "server", a.cfg.ServerAddress)
+	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	defer stop()
+	for {
+		st, err := sess.Accept(context.Background())
+		if err != nil {
+			return err
+		}
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.serveStream(ctx, st)
+		}()
+	}
+}
+
+// hello opens the control stream and registers; the stream stays open for
+// the session's life.
+func (a *Agent) hello(ctx context.Context, sess Session) (HelloReply, error) {
+	ctrl, err := sess.Open(ctx)
+	if err != nil {
+		return HelloReply{}, err
+	}
+	if d, ok := ctx.Deadline(); ok {
+		ctrl.SetDeadline(d)
+	}
+	h := Hello{Version: ProtocolVersion, Node: a.cfg.NodeName, IPs: a.cfg.NodeIPs,
+		PodCIDRs: a.cfg.PodCIDRs, DefaultRoute: a.cfg.DefaultRoute, Agent: "tunnel-agent"}
+	if err := encodeJSONFrame(ctrl, frameHello, h); err != nil {
+		return HelloReply{}, fmt.Errorf("sending hello: %w", err)
+	}
+	payload, err := readFrame(ctrl, frameHelloReply)
+	if err != nil {
+		return HelloReply{}, fmt.Errorf("reading hello reply: %w", err)
+	}
+	reply, err := decodeHelloReply(payload)
+	if err != nil {
+		return reply, err
+	}
+	if reply.Error != "" {
+		err := &RejectedError{Reason: reply.Error}
+		a.log.Error("server rejected registration", "node", a.cfg.NodeName, "reason", reply.Error)
+		return reply, err
+	}
+	ctrl.SetDeadline(time.Time{})
+	return reply, nil
+}
+
+// serveStream answers one dial request and then carries its bytes.
+func (a *Agent) serveStream(ctx context.Context, st net.Conn) {
+	st.SetReadDeadline(time.Now().Add(a.cfg.HandshakeTimeout))
+	payload, err := readFrame(st, frameDialRequest)
+	if err != nil {
+		a.log.Warn("bad dial request", "err", err)
+		st.Close()
+		return
+	}
+	req, err := decodeDialRequest(payload)
+	if err != nil {
+		a.respond(st, dialResponse{Result: ResultError, Message: err.Error()})
+		st.Close()
+		return
+	}
+	st.SetReadDeadline(time.Time{})
+	target, err := a.dial(ctx, req)
+	if err != nil {
+		res := classifyDialError(err)
+		a.log.Info("dial failed", "dial", req.ID, "dest", req.Address, "result", res, "err", err)
+		a.respond(st, dialResponse{Result: res, Message: err.Error()})
+		st.Close()
+		return
+	}
+	if err := a.respond(st, dialResponse{Result: ResultOK}); err != nil {
+		target.Close()
+		st.Close()
+		return
+	}
+	pipe(st, target)
+}
+
+func (a *Agent) respond(st net.Conn, r dialResponse) error {
+	_, err := st.Write(appendDialResponse(nil, r))
+	return err
+}
+
+// dial connects to the requested destination on the node's network. A dial
+// to the node's own name goes to its first node IP.
+func (a *Agent) dial(ctx context.Context, req dialRequest) (net.Conn, error) {
+	timeout := a.cfg.MaxDialTimeout
+	if req.Timeout > 0 {
+		timeout = min(timeout, req.Timeout)
+	}
+	addr := req.Address
+	if host, port, err := net.SplitHostPort(addr); err == nil && strings.EqualFold(host, a.cfg.NodeName) && len(a.cfg.NodeIPs) > 0 {
+		addr = net.JoinHostPort(a.cfg.NodeIPs[0].String(), port)
+	}
+	d := net.Dialer{Timeout: timeout}
+	return d.DialContext(ctx, "tcp", addr)
+}

@@ -1,0 +1,114 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"syscall"
+	"time"
+)
+
+// Result is the outcome of a tunneled dial. The values up to ResultError
+// travel on the wire in dial responses (PROTOCOL.md); the others arise on the
+// server. Result.String gives the metric label.
+type Result uint8
+
+// Dial results.
+const (
+	ResultOK          Result = 0 // dialed; bytes flow
+	ResultRefused     Result = 1 // the destination refused the connection
+	ResultTimeout     Result = 2 // the dial did not finish within its deadline
+	ResultUnreachable Result = 3 // no route to the destination from the node
+	ResultForbidden   Result = 4 // the agent's destination policy refused it
+	ResultError       Result = 5 // any other failure, with the node's error text
+	ResultNoAgent     Result = 6 // no registered agent can reach the destination
+	ResultDraining    Result = 7 // the server is shutting down
+	ResultBadRequest  Result = 8 // the destination is malformed
+)
+
+var resultNames = [...]string{"ok", "refused", "timeout", "unreachable", "forbidden", "error", "no_agent", "draining", "bad_request"}
+
+// String returns the result's label, as used in metrics and logs.
+func (r Result) String() string {
+	if int(r) < len(resultNames) {
+		return resultNames[r]
+	}
+	return fmt.Sprintf("result(%d)", r)
+}
+
+func (r Result) onWire() bool { return r <= ResultError }
+
+// DialError is a failed tunneled dial. Its Error text is written verbatim
+// into the CONNECT status line, because kube-apiserver logs only that line.
+type DialError struct {
+	Result  Result
+	Address string        // the destination as requested
+	Timeout time.Duration // for ResultTimeout: the deadline that passed
+	Detail  string        // the node's or server's own error text, if any
+}
+
+// Error implements error.
+func (e *DialError) Error() string {
+	switch e.Result {
+	case ResultNoAgent:
+		host, _, err := net.SplitHostPort(e.Address)
+		if err != nil {
+			host = e.Address
+		}
+		return "no agent for " + host
+	case ResultRefused:
+		return "dial " + e.Address + ": connection refused"
+	case ResultTimeout:
+		return fmt.Sprintf("dial %s timed out after %s", e.Address, e.Timeout)
+	case ResultForbidden:
+		return "destination not allowed: " + e.Address + detail(e.Detail)
+	case ResultDraining:
+		return "server draining"
+	case ResultBadRequest:
+		return "bad destination " + e.Address + detail(e.Detail)
+	}
+	if e.Detail == "" {
+		return "dial " + e.Address + ": " + e.Result.String()
+	}
+	return "dial " + e.Address + ": " + e.Detail
+}
+
+func detail(s string) string {
+	if s == "" {
+		return ""
+	}
+	return " (" + s + ")"
+}
+
+// HTTPStatus returns the status code the CONNECT frontend answers with.
+func (e *DialError) HTTPStatus() int {
+	switch e.Result {
+	case ResultTimeout:
+		return http.StatusGatewayTimeout
+	case ResultForbidden:
+		return http.StatusForbidden
+	case ResultDraining:
+		return http.StatusServiceUnavailable
+	case ResultBadRequest:
+		return http.StatusBadRequest
+	}
+	return http.StatusBadGateway
+}
+
+// classifyDialError maps an error from net.Dialer on the node to a result.
+func classifyDialError(err error) Result {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return ResultRefused
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
+		errors.As(err, &ne) && ne.Timeout():
+		return ResultTimeout
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return ResultUnreachable
+	}
+	return ResultError
+}

@@ -1,0 +1,177 @@
+package tunnel
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The CONNECT frontend speaks exactly what kube-apiserver's egress selector
+// sends (k8s.io/apiserver/pkg/server/egressselector, HTTPConnect):
+//
+//	CONNECT <host:port> HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n
+//
+// one request per connection. The server dials through the tunnel first and
+// only then answers: "200" in one write followed by nothing but tunneled
+// bytes, or an error status whose reason phrase says what went wrong,
+// because the API server logs only the status line.
+
+// connectOK is the whole success answer, written in one Write.
+var connectOK = []byte("HTTP/1.1 200 Connection established\r\n\r\n")
+
+// requestError is a malformed CONNECT request and the status it earns.
+type requestError struct {
+	status int
+	msg    string
+}
+
+func (e *requestError) Error() string { return e.msg }
+
+func badRequest(status int, format string, args ...any) error {
+	return &requestError{status: status, msg: fmt.Sprintf(format, args...)}
+}
+
+// handleConnect serves one frontend connection.
+func (s *Server) handleConnect(c net.Conn) {
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+	if tc, ok := c.(*tls.Conn); ok {
+		if err := tc.Handshake(); err != nil {
+			s.log.Info("frontend handshake failed", "remote", c.RemoteAddr().String(), "err", err)
+			return
+		}
+	}
+	br := bufio.NewReaderSize(c, s.cfg.MaxHeaderBytes)
+	addr, err := readConnect(br, s.cfg.MaxHeaderBytes)
+	if err != nil {
+		var re *requestError
+		if !errors.As(err, &re) { // the client went away or stalled
+			s.log.Info("frontend request not read", "remote", c.RemoteAddr().String(), "err", err)
+			return
+		}
+		s.log.Info("frontend request rejected", "remote", c.RemoteAddr().String(), "status", re.status, "err", re.msg)
+		writeStatus(c, re.status, re.msg)
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	leftover, _ := br.Peek(br.Buffered())
+	tunnel, err := s.Dial(context.Background(), addr)
+	if err != nil {
+		var de *DialError
+		if errors.As(err, &de) {
+			writeStatus(c, de.HTTPStatus(), de.Error())
+		} else {
+			writeStatus(c, http.StatusBadGateway, err.Error())
+		}
+		return
+	}
+	if _, err := c.Write(connectOK); err != nil {
+		tunnel.Close()
+		return
+	}
+	if len(leftover) > 0 { // bytes the client sent early belong to the tunnel
+		if _, err := tunnel.Write(leftover); err != nil {
+			tunnel.Close()
+			return
+		}
+	}
+	pipe(c, tunnel)
+}
+
+// readConnect reads one CONNECT request of at most max bytes from br and
+// returns its target "host:port". It consumes the request's bytes and
+// nothing after them. Errors other than *requestError mean the connection
+// failed or stalled before a whole request arrived.
+func readConnect(br *bufio.Reader, max int) (string, error) {
+	line, err := readLine(br, &max)
+	if err != nil {
+		return "", err
+	}
+	method, rest, ok1 := strings.Cut(line, " ")
+	target, proto, ok2 := strings.Cut(rest, " ")
+	if !ok1 || !ok2 || strings.Contains(proto, " ") {
+		return "", badRequest(http.StatusBadRequest, "malformed request line")
+	}
+	if proto != "HTTP/1.1" && proto != "HTTP/1.0" {
+		return "", badRequest(http.StatusBadRequest, "unsupported protocol %q", proto)
+	}
+	for { // headers: checked for form and size, otherwise ignored
+		h, err := readLine(br, &max)
+		if err != nil {
+			return "", err
+		}
+		if h == "" {
+			break
+		}
+		if name, _, ok := strings.Cut(h, ":"); !ok || name == "" || strings.ContainsAny(name, " \t") {
+			return "", badRequest(http.StatusBadRequest, "malformed header line")
+		}
+	}
+	if method != http.MethodConnect {
+		return "", badRequest(http.StatusMethodNotAllowed, "method %s not allowed; only CONNECT", quoteShort(method))
+	}
+	if err := checkTarget(target); err != nil {
+		return "", err
+	}
+	return target, nil
+}
+
+// readLine reads one CRLF- or LF-terminated line, charging its length to
+// *budget; a request over budget is rejected with 431.
+func readLine(br *bufio.Reader, budget *int) (string, error) {
+	b, err := br.ReadSlice('\n')
+	*budget -= len(b)
+	if errors.Is(err, bufio.ErrBufferFull) || *budget < 0 {
+		return "", badRequest(http.StatusRequestHeaderFieldsTooLarge, "request header too large")
+	}
+	if err != nil {
+		return "", err
+	}
+	b = bytes.TrimSuffix(bytes.TrimSuffix(b, []byte("\n")), []byte("\r"))
+	if bytes.ContainsAny(b, "\r\x00") {
+		return "", badRequest(http.StatusBadRequest, "control character in request")
+	}
+	return string(b), nil
+}
+
+// checkTarget accepts "host:port" with a non-empty host and a port 1-65535.
+func checkTarget(target string) error {
+	host, port, err := net.SplitHostPort(target)
+	if err != nil || host == "" || strings.ContainsAny(host, "/?#@ ") {
+		return badRequest(http.StatusBadRequest, "CONNECT target %s is not host:port", quoteShort(target))
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return badRequest(http.StatusBadRequest, "CONNECT target %s has a bad port", quoteShort(target))
+	}
+	return nil
+}
+
+// quoteShort quotes s for an error message, cut to a readable length.
+func quoteShort(s string) string {
+	if len(s) > 64 {
+		s = s[:64] + "..."
+	}
+	return strconv.Quote(s)
+}
+
+// writeStatus answers with an error status whose reason phrase is reason,
+// and the same text as a body for people using curl.
+func writeStatus(w io.Writer, code int, reason string) {
+	reason = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, reason)
+	fmt.Fprintf(w, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n",
+		code, reason, len(reason)+1, reason)
+}

@@ -1,0 +1,183 @@
+package tunnel
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"time"
+)
+
+// The wire format is described byte by byte in PROTOCOL.md. Every message
+// on the control stream and at the head of a dial stream is one frame:
+//
+//	type (1 byte) | length (2 bytes, big-endian) | payload (length bytes)
+
+// ProtocolVersion is the version of the tunnel protocol this build speaks.
+const ProtocolVersion = 1
+
+// Frame types (PROTOCOL.md, "Frames").
+const (
+	frameHello        byte = 0x01 // agent → server, JSON hello
+	frameHelloReply   byte = 0x02 // server → agent, JSON hello reply
+	frameDialRequest  byte = 0x03 // server → agent, first frame of a dial stream
+	frameDialResponse byte = 0x04 // agent → server, answer to a dial request
+)
+
+const (
+	frameHeaderLen  = 3
+	maxFramePayload = 1<<16 - 1
+	// maxAddressLen bounds the destination in a dial request (a host name of
+	// at most 253 bytes, a colon and a port, with room to spare).
+	maxAddressLen    = 512
+	dialRequestFixed = 8 + 4 // dial ID, timeout in milliseconds
+)
+
+var (
+	// errFrameType is returned when a frame of an unexpected type arrives.
+	errFrameType = errors.New("tunnel: unexpected frame type")
+	// errFrameTooLarge is returned when a payload does not fit in a frame.
+	errFrameTooLarge = errors.New("tunnel: frame payload too large")
+)
+
+// writeFrame writes one frame in a single Write, so that it travels in one
+// yamux data frame.
+func writeFrame(w io.Writer, typ byte, payload []byte) error {
+	if len(payload) > maxFramePayload {
+		return errFrameTooLarge
+	}
+	buf := make([]byte, frameHeaderLen+len(payload))
+	buf[0] = typ
+	binary.BigEndian.PutUint16(buf[1:3], uint16(len(payload)))
+	copy(buf[frameHeaderLen:], payload)
+	_, err := w.Write(buf)
+	return err
+}
+
+// readFrame reads one frame of the wanted type. It reads exactly the frame's
+// bytes and nothing after them, so raw tunnel bytes that follow a dial
+// response stay in the stream.
+func readFrame(r io.Reader, want byte) ([]byte, error) {
+	var hdr [frameHeaderLen]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	if hdr[0] != want {
+		return nil, fmt.Errorf("%w: got 0x%02x, want 0x%02x", errFrameType, hdr[0], want)
+	}
+	payload := make([]byte, binary.BigEndian.Uint16(hdr[1:3]))
+	if _, err := io.ReadFull(r, payload); err != nil {
+		return nil, fmt.Errorf("tunnel: short frame: %w", err)
+	}
+	return payload, nil
+}
+
+// Hello is the first message of a session, sent by the agent on the
+// control stream. It says who the agent is and what it can reach; the server
+// accepts only what the agent's credential proves (DESIGN.md section 4).
+type Hello struct {
+	// Version is the protocol version the agent speaks.
+	Version int `json:"version"`
+	// Node is the node name the agent claims; its certificate must prove it.
+	Node string `json:"node"`
+	// IPs are the node's addresses; dials to them go to this agent.
+	IPs []netip.Addr `json:"ips,omitempty"`
+	// PodCIDRs are ranges routed to this agent by longest prefix.
+	PodCIDRs []netip.Prefix `json:"podCIDRs,omitempty"`
+	// DefaultRoute asks for every destination no other route claims.
+	DefaultRoute bool `json:"defaultRoute,omitempty"`
+	// Agent identifies the agent build, for logs only.
+	Agent string `json:"agent,omitempty"`
+}
+
+// HelloReply is the server's answer to a Hello.
+type HelloReply struct {
+	// Version is the protocol version the session will use.
+	Version int `json:"version"`
+	// ServerID identifies the server replica (for high availability).
+	ServerID string `json:"serverID"`
+	// Error, when set, says why the registration was rejected; the server
+	// closes the session after sending it.
+	Error string `json:"error,omitempty"`
+}
+
+func encodeJSONFrame(w io.Writer, typ byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return writeFrame(w, typ, b)
+}
+
+func decodeHello(payload []byte) (Hello, error) {
+	var h Hello
+	if err := json.Unmarshal(payload, &h); err != nil {
+		return h, fmt.Errorf("tunnel: bad hello: %w", err)
+	}
+	return h, nil
+}
+
+func decodeHelloReply(payload []byte) (HelloReply, error) {
+	var h HelloReply
+	if err := json.Unmarshal(payload, &h); err != nil {
+		return h, fmt.Errorf("tunnel: bad hello reply: %w", err)
+	}
+	return h, nil
+}
+
+// dialRequest asks the agent to dial Address within Timeout.
+type dialRequest struct {
+	ID      uint64
+	Timeout time.Duration
+	Address string
+}
+
+// appendDialRequest encodes r as a whole frame appended to b.
+func appendDialRequest(b []byte, r dialRequest) []byte {
+	n := dialRequestFixed + len(r.Address)
+	b = append(b, frameDialRequest, byte(n>>8), byte(n))
+	b = binary.BigEndian.AppendUint64(b, r.ID)
+	b = binary.BigEndian.AppendUint32(b, uint32(r.Timeout/time.Millisecond))
+	return append(b, r.Address...)
+}
+
+func decodeDialRequest(payload []byte) (dialRequest, error) {
+	if len(payload) < dialRequestFixed+1 || len(payload) > dialRequestFixed+maxAddressLen {
+		return dialRequest{}, fmt.Errorf("tunnel: dial request of %d bytes", len(payload))
+	}
+	return dialRequest{
+		ID:      binary.BigEndian.Uint64(payload),
+		Timeout: time.Duration(binary.BigEndian.Uint32(payload[8:])) * time.Millisecond,
+		Address: string(payload[dialRequestFixed:]),
+	}, nil
+}
+
+// dialResponse is the agent's answer: a result code and, for failures, the
+// error text seen on the node.
+type dialResponse struct {
+	Result  Result
+	Message string
+}
+
+func appendDialResponse(b []byte, r dialResponse) []byte {
+	msg := r.Message
+	if len(msg) > 1024 {
+		msg = msg[:1024]
+	}
+	n := 1 + len(msg)
+	b = append(b, frameDialResponse, byte(n>>8), byte(n), byte(r.Result))
+	return append(b, msg...)
+}
+
+func decodeDialResponse(payload []byte) (dialResponse, error) {
+	if len(payload) < 1 {
+		return dialResponse{}, errors.New("tunnel: empty dial response")
+	}
+	r := Result(payload[0])
+	if !r.onWire() {
+		return dialResponse{}, fmt.Errorf("tunnel: unknown dial result %d", payload[0])
+	}
+	return dialResponse{Result: r, Message: string(payload[1:])}, nil
+}

@@ -1,0 +1,154 @@
+package tunnel
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// routes is the routing table of DESIGN.md section 3: destination → agent.
+// Lookups take a read lock and allocate nothing; changes rebuild nothing but
+// the entries of the agent that came or went.
+type routes struct {
+	mu       sync.RWMutex
+	names    map[string][]*agentConn       // node name → agents, newest last
+	ips      map[netip.Addr][]*agentConn   // node IP → agents, newest last
+	prefixes map[netip.Prefix][]*agentConn // pod CIDR → agents, newest last
+	lens4    []int                         // distinct IPv4 prefix lengths, longest first
+	lens6    []int                         // distinct IPv6 prefix lengths, longest first
+	defaults []*agentConn                  // agents serving the default route
+	changed  chan struct{}                 // closed and replaced on every change
+}
+
+func newRoutes() *routes {
+	return &routes{
+		names:    make(map[string][]*agentConn),
+		ips:      make(map[netip.Addr][]*agentConn),
+		prefixes: make(map[netip.Prefix][]*agentConn),
+		changed:  make(chan struct{}),
+	}
+}
+
+// add makes a the newest agent for every route it holds.
+func (t *routes) add(a *agentConn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.names[a.node] = append(t.names[a.node], a)
+	for _, ip := range a.ips {
+		t.ips[ip] = append(t.ips[ip], a)
+	}
+	for _, p := range a.cidrs {
+		t.prefixes[p] = append(t.prefixes[p], a)
+	}
+	if a.defaultRoute {
+		t.defaults = append(t.defaults, a)
+	}
+	t.reindexLocked()
+}
+
+// remove drops a from every route; other agents for the same node remain.
+func (t *routes) remove(a *agentConn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	dropFrom(t.names, a.node, a)
+	for _, ip := range a.ips {
+		dropFrom(t.ips, ip, a)
+	}
+	for _, p := range a.cidrs {
+		dropFrom(t.prefixes, p, a)
+	}
+	t.defaults = slices.DeleteFunc(t.defaults, func(x *agentConn) bool { return x == a })
+	t.reindexLocked()
+}
+
+func dropFrom[K comparable](m map[K][]*agentConn, k K, a *agentConn) {
+	list := slices.DeleteFunc(m[k], func(x *agentConn) bool { return x == a })
+	if len(list) == 0 {
+		delete(m, k)
+		return
+	}
+	m[k] = list
+}
+
+// reindexLocked recomputes the prefix lengths in use and wakes waiters.
+func (t *routes) reindexLocked() {
+	t.lens4, t.lens6 = t.lens4[:0], t.lens6[:0]
+	for p := range t.prefixes {
+		if p.Addr().Is4() {
+			t.lens4 = append(t.lens4, p.Bits())
+		} else {
+			t.lens6 = append(t.lens6, p.Bits())
+		}
+	}
+	desc := func(a, b int) int { return b - a }
+	slices.SortFunc(t.lens4, desc)
+	slices.SortFunc(t.lens6, desc)
+	t.lens4 = slices.Compact(t.lens4)
+	t.lens6 = slices.Compact(t.lens6)
+	close(t.changed)
+	t.changed = make(chan struct{})
+}
+
+// Changed returns a channel that is closed at the next change of the table.
+func (t *routes) Changed() <-chan struct{} {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.changed
+}
+
+// lookup returns the agent for host (a node name, hostname or IP literal,
+// without port), or nil. Order: exact name or IP, longest pod-CIDR prefix,
+// then the default route.
+func (t *routes) lookup(host string) *agentConn {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if ip, err := netip.ParseAddr(host); err == nil {
+		if a := t.lookupIPLocked(ip.Unmap()); a != nil {
+			return a
+		}
+	} else if list := t.names[strings.ToLower(host)]; len(list) > 0 {
+		return list[len(list)-1]
+	}
+	return leastLoaded(t.defaults)
+}
+
+func (t *routes) lookupIPLocked(ip netip.Addr) *agentConn {
+	if list := t.ips[ip]; len(list) > 0 {
+		return list[len(list)-1]
+	}
+	lens := t.lens6
+	if ip.Is4() {
+		lens = t.lens4
+	}
+	for _, bits := range lens {
+		p, _ := ip.Prefix(bits)
+		if list := t.prefixes[p]; len(list) > 0 {
+			return list[len(list)-1]
+		}
+	}
+	return nil
+}
+
+// leastLoaded picks the agent carrying the fewest streams; on a tie the
+// newest wins.
+func leastLoaded(list []*agentConn) *agentConn {
+	var best *agentConn
+	for i := len(list) - 1; i >= 0; i-- {
+		if best == nil || list[i].streams.Load() < best.streams.Load() {
+			best = list[i]
+		}
+	}
+	return best
+}
+
+// count returns the number of distinct registered agents.
+func (t *routes) count() int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	n := 0
+	for _, list := range t.names {
+		n += len(list)
+	}
+	return n
+}

@@ -1,0 +1,315 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ServerConfig configures a Server. Start from DefaultServerConfig.
+type ServerConfig struct {
+	// ID names this server replica in hello replies and logs. Default: random.
+	ID string
+	// AgentTLS is the TLS configuration of the agent listener: the server
+	// certificate and the CA pool (ClientCAs) that signs agent certificates.
+	// The server enforces TLS 1.3 and verified client certificates on a copy.
+	AgentTLS *tls.Config
+	// TrustAgentRoutes accepts node IPs, pod CIDRs and the default route as
+	// agents declare them, without proof from their certificates. Weaker:
+	// a compromised node could attract another node's traffic.
+	TrustAgentRoutes bool
+	// DialTimeout bounds each tunneled dial on the node. Default 10s.
+	DialTimeout time.Duration
+	// HandshakeTimeout bounds an agent's TLS handshake and hello. Default 10s.
+	HandshakeTimeout time.Duration
+	// HeaderTimeout bounds reading a CONNECT request (and, on TCP, its TLS
+	// handshake). Default 10s.
+	HeaderTimeout time.Duration
+	// MaxHeaderBytes bounds a CONNECT request's size. Default 8 KiB.
+	MaxHeaderBytes int
+	// Logger receives the server's logs. Nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultServerConfig returns a ServerConfig with every default filled in;
+// the caller still supplies AgentTLS.
+func DefaultServerConfig() ServerConfig {
+	return ServerConfig{
+		DialTimeout:      10 * time.Second,
+		HandshakeTimeout: 10 * time.Second,
+		HeaderTimeout:    10 * time.Second,
+		MaxHeaderBytes:   8 << 10,
+	}
+}
+
+// Validate reports the first setting that cannot work.
+func (c *ServerConfig) Validate() error {
+	switch {
+	case c.AgentTLS == nil || len(c.AgentTLS.Certificates) == 0 && c.AgentTLS.GetCertificate == nil:
+		return errors.New("tunnel: server needs a TLS certificate for the agent listener")
+	case c.AgentTLS.ClientCAs == nil && c.AgentTLS.GetConfigForClient == nil:
+		return errors.New("tunnel: server needs a CA bundle to verify agent certificates")
+	case c.DialTimeout <= 0:
+		return errors.New("tunnel: dial timeout must be positive")
+	case c.HandshakeTimeout <= 0:
+		return errors.New("tunnel: handshake timeout must be positive")
+	case c.HeaderTimeout <= 0:
+		return errors.New("tunnel: header timeout must be positive")
+	case c.MaxHeaderBytes < 256:
+		return errors.New("tunnel: max header bytes must be at least 256")
+	}
+	return nil
+}
+
+// Server accepts agents' sessions, routes tunneled dials to them and serves
+// the CONNECT frontend. Its zero value is not usable; call NewServer.
+type Server struct {
+	cfg      ServerConfig
+	log      *slog.Logger
+	agentTLS *tls.Config
+	routes   *routes
+	dialID   atomic.Uint64
+
+	mu     sync.Mutex
+	open   map[any]func() error // listeners and connections to close on Close
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// NewServer validates cfg and returns a Server ready to Serve.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.ID == "" {
+		cfg.ID = randomID()
+	}
+	t := cfg.AgentTLS.Clone()
+	t.MinVersion = tls.VersionTLS13
+	t.ClientAuth = tls.RequireAndVerifyClientCert
+	return &Server{
+		cfg:      cfg,
+		log:      logger(cfg.Logger),
+		agentTLS: t,
+		routes:   newRoutes(),
+		open:     make(map[any]func() error),
+	}, nil
+}
+
+// ID returns the server's replica ID.
+func (s *Server) ID() string { return s.cfg.ID }
+
+// Agents returns the number of registered agent sessions.
+func (s *Server) Agents() int { return s.routes.count() }
+
+// ServeAgents accepts agent connections on ln until ln or the server closes.
+func (s *Server) ServeAgents(ln net.Listener) error {
+	return s.serve(ln, s.handleAgent)
+}
+
+// ServeConnect serves the HTTP CONNECT frontend on ln (a unix-socket
+// listener, or a TLS listener requiring client certificates) until ln or the
+// server closes.
+func (s *Server) ServeConnect(ln net.Listener) error {
+	return s.serve(ln, s.handleConnect)
+}
+
+// Close stops every listener, ends every agent session and frontend
+// connection, and waits for the goroutines the server started.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	for _, closeFn := range s.open {
+		closeFn()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+// track registers closeFn to run at Close; it reports false (and runs
+// closeFn) if the server is already closed.
+func (s *Server) track(key any, closeFn func() error) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		closeFn()
+		return false
+	}
+	s.open[key] = closeFn
+	return true
+}
+
+func (s *Server) untrack(key any) {
+	s.mu.Lock()
+	delete(s.open, key)
+	s.mu.Unlock()
+}
+
+// serve runs an accept loop, handing each connection to handle in a
+// goroutine the server owns.
+func (s *Server) serve(ln net.Listener, handle func(net.Conn)) error {
+	if !s.track(ln, ln.Close) {
+		return net.ErrClosed
+	}
+	defer s.untrack(ln)
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if errors.Is(err, net.ErrClosed) {
+			return nil
+		}
+		if err != nil { // out of file descriptors and the like: wait, retry
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed; retrying", "addr", ln.Addr().String(), "err", err, "in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		if !s.track(c, c.Close) {
+			return nil
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.untrack(c)
+			handle(c)
+		}()
+	}
+}
+
+func randomID() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func logger(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
+}
+
+// Dial opens a tunneled connection to addr ("host:port") through the agent
+// that the routing table picks. Failures are *DialError values.
+func (s *Server) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	id := s.dialID.Add(1)
+	start := time.Now()
+	c, node, err := s.dial(ctx, id, addr)
+	if err != nil {
+		s.log.Warn("dial failed", "dial", id, "node", node, "dest", addr, "err", err.Error())
+		return nil, err
+	}
+	s.log.Debug("dial ok", "dial", id, "node", node, "dest", addr, "took", time.Since(start))
+	return c, nil
+}
+
+func (s *Server) dial(ctx context.Context, id uint64, addr string) (net.Conn, string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host == "" || port == "" {
+		return nil, "", &DialError{Result: ResultBadRequest, Address: addr, Detail: "want host:port"}
+	}
+	a := s.routes.lookup(host)
+	if a == nil {
+		return nil, "", &DialError{Result: ResultNoAgent, Address: addr}
+	}
+	c, err := s.dialVia(ctx, a, id, addr)
+	return c, a.node, err
+}
+
+// dialVia sends a dial request down a new stream of agent a and waits for
+// its answer, within the dial timeout plus a grace period for the answer to
+// travel.
+func (s *Server) dialVia(ctx context.Context, a *agentConn, id uint64, addr string) (net.Conn, error) {
+	timeout := s.cfg.DialTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(d))
+	}
+	st, err := a.sess.Open(ctx)
+	if err != nil {
+		return nil, &DialError{Result: ResultError, Address: addr, Detail: "open stream to agent: " + err.Error()}
+	}
+	st.SetDeadline(time.Now().Add(timeout + answerGrace))
+	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	resp, err := exchangeDial(st, dialRequest{ID: id, Timeout: timeout, Address: addr})
+	if err == nil && resp.Result != ResultOK {
+		err = &DialError{Result: resp.Result, Address: addr, Timeout: timeout, Detail: resp.Message}
+	} else if err != nil {
+		err = streamDialError(ctx, err, addr, timeout)
+	}
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	st.SetDeadline(time.Time{})
+	a.streams.Add(1)
+	return &streamConn{Conn: st, agent: a}, nil
+}
+
+// answerGrace is how long past the dial timeout the server waits for the
+// agent's answer before it reports the timeout itself.
+const answerGrace = 2 * time.Second
+
+func exchangeDial(st net.Conn, req dialRequest) (dialResponse, error) {
+	if _, err := st.Write(appendDialRequest(nil, req)); err != nil {
+		return dialResponse{}, err
+	}
+	payload, err := readFrame(st, frameDialResponse)
+	if err != nil {
+		return dialResponse{}, err
+	}
+	return decodeDialResponse(payload)
+}
+
+// streamDialError explains a failure of the dial exchange itself.
+func streamDialError(ctx context.Context, err error, addr string, timeout time.Duration) error {
+	if ctx.Err() != nil {
+		return &DialError{Result: ResultError, Address: addr, Detail: "canceled: " + context.Cause(ctx).Error()}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return &DialError{Result: ResultTimeout, Address: addr, Timeout: timeout}
+	}
+	return &DialError{Result: ResultError, Address: addr, Detail: fmt.Sprintf("agent stream failed: %v", err)}
+}
+
+// streamConn is a tunneled connection on the server. CloseWrite half-closes
+// (a yamux stream's Close sends FIN and keeps reading), and Close releases
+// the stream's place in its agent's load count.
+type streamConn struct {
+	net.Conn
+	agent *agentConn
+	once  sync.Once
+}
+
+func (c *streamConn) CloseWrite() error { return c.Conn.Close() }
+
+func (c *streamConn) Close() error {
+	c.once.Do(func() { c.agent.streams.Add(-1) })
+	return c.Conn.Close()
+}
+
+// WaitAgents blocks until at least n agents are registered or ctx ends.
+func (s *Server) WaitAgents(ctx context.Context, n int) error {
+	for {
+		changed := s.routes.Changed()
+		if s.routes.count() >= n {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("tunnel: waiting for %d agents: %w", n, context.Cause(ctx))
+		}
+	}
+}

@@ -1,0 +1,163 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/tunnel-project/tunnel/certs"
+)
+
+// Session is one authenticated agent↔server connection that carries many
+// streams. The TLS + yamux transport implements it; other transports (SSH)
+// plug in behind the same interface.
+type Session interface {
+	// Open starts a new stream to the peer.
+	Open(ctx context.Context) (net.Conn, error)
+	// Accept waits for the peer to open a stream, or for ctx to end.
+	Accept(ctx context.Context) (net.Conn, error)
+	// Close ends the session and every stream on it at once.
+	Close() error
+	// Done is closed when the session has ended for any reason.
+	Done() <-chan struct{}
+	// Peer is the identity the peer's credential proves.
+	Peer() Identity
+}
+
+// Identity is what a peer's credential proves, independent of what the peer
+// says about itself.
+type Identity struct {
+	// Transport names the transport that proved it, e.g. "tls".
+	Transport string
+	// Subject is a display name for logs (the certificate subject).
+	Subject string
+	// Nodes are the node names the credential proves.
+	Nodes []string
+	// IPs are the addresses the credential proves.
+	IPs []netip.Addr
+}
+
+// provesNode reports whether the identity proves node name.
+func (id Identity) provesNode(name string) bool {
+	for _, n := range id.Nodes {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}
+
+// provesIP reports whether the identity proves ip.
+func (id Identity) provesIP(ip netip.Addr) bool {
+	for _, a := range id.IPs {
+		if a == ip.Unmap() {
+			return true
+		}
+	}
+	return false
+}
+
+// identityFromCert derives an Identity from a verified client certificate.
+func identityFromCert(cert *x509.Certificate) Identity {
+	id := Identity{Transport: "tls", Subject: cert.Subject.String(), Nodes: certs.NodeNames(cert)}
+	for _, ip := range cert.IPAddresses {
+		if a, ok := netip.AddrFromSlice(ip); ok {
+			id.IPs = append(id.IPs, a.Unmap())
+		}
+	}
+	return id
+}
+
+// yamuxConfig returns the yamux settings both ends use (DESIGN.md section 5
+// covers the window size).
+func yamuxConfig() *yamux.Config {
+	c := yamux.DefaultConfig()
+	c.AcceptBacklog = 1024
+	c.EnableKeepAlive = true
+	c.KeepAliveInterval = 30 * time.Second
+	c.MaxStreamWindowSize = 1 << 20
+	c.StreamOpenTimeout = 30 * time.Second
+	c.LogOutput = io.Discard
+	return c
+}
+
+// yamuxSession adapts a yamux session to Session.
+type yamuxSession struct {
+	s    *yamux.Session
+	peer Identity
+}
+
+func (y *yamuxSession) Open(ctx context.Context) (net.Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	st, err := y.s.OpenStream()
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+func (y *yamuxSession) Accept(ctx context.Context) (net.Conn, error) {
+	st, err := y.s.AcceptStreamWithContext(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+func (y *yamuxSession) Close() error          { return y.s.Close() }
+func (y *yamuxSession) Done() <-chan struct{} { return y.s.CloseChan() }
+func (y *yamuxSession) Peer() Identity        { return y.peer }
+
+// dialTLS connects an agent to the server at addr: TCP, TLS 1.3 with the
+// agent's client certificate, then a yamux session on which the server opens
+// streams.
+func dialTLS(ctx context.Context, addr string, cfg *tls.Config) (Session, error) {
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	conn := tls.Client(raw, cfg)
+	if err := conn.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("tls handshake with %s: %w", addr, err)
+	}
+	s, err := yamux.Client(conn, yamuxConfig())
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	peer := Identity{Transport: "tls"}
+	if pc := conn.ConnectionState().PeerCertificates; len(pc) > 0 {
+		peer = identityFromCert(pc[0])
+	}
+	return &yamuxSession{s: s, peer: peer}, nil
+}
+
+// acceptTLS completes the server side of an agent connection: the TLS
+// handshake (which verifies the client certificate) within ctx, then yamux.
+func acceptTLS(ctx context.Context, raw net.Conn, cfg *tls.Config) (Session, error) {
+	conn := tls.Server(raw, cfg)
+	if err := conn.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("tls handshake: %w", err)
+	}
+	pc := conn.ConnectionState().PeerCertificates
+	if len(pc) == 0 {
+		return nil, errors.New("tls handshake: no client certificate")
+	}
+	s, err := yamux.Server(conn, yamuxConfig())
+	if err != nil {
+		return nil, err
+	}
+	return &yamuxSession{s: s, peer: identityFromCert(pc[0])}, nil
+}
