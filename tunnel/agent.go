@@ -40,6 +40,9 @@ type AgentConfig struct {
 	// StableAfter is how long a session must last for the backoff to reset.
 	// Default 30s.
 	StableAfter time.Duration
+	// Dial, if set, replaces net.Dialer for reaching destinations (a
+	// special network, or a test that must see which agent dialed).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Logger receives the agent's logs. Nil discards them.
 	Logger *slog.Logger
 }
@@ -55,24 +58,25 @@ func DefaultAgentConfig() AgentConfig {
 	}
 }
 
-// Validate reports the first setting that cannot work.
+// Validate reports the settings that cannot work, as *ConfigError values.
 func (c *AgentConfig) Validate() error {
 	if _, _, err := net.SplitHostPort(c.ServerAddress); err != nil {
-		return fmt.Errorf("tunnel: server address %q is not host:port", c.ServerAddress)
+		return &ConfigError{Field: "ServerAddress", Msg: fmt.Sprintf("%q is not host:port", c.ServerAddress)}
 	}
 	switch {
 	case c.TLS == nil || len(c.TLS.Certificates) == 0 && c.TLS.GetClientCertificate == nil:
-		return errors.New("tunnel: agent needs a client certificate")
+		return &ConfigError{Field: "TLS", Msg: "a client certificate is required"}
 	case c.TLS.RootCAs == nil:
-		return errors.New("tunnel: agent needs a CA bundle to verify the server")
+		return &ConfigError{Field: "TLS", Msg: "a CA bundle to verify the server is required"}
 	case c.NodeName == "":
-		return errors.New("tunnel: agent needs a node name")
-	case c.MaxDialTimeout <= 0 || c.HandshakeTimeout <= 0:
-		return errors.New("tunnel: timeouts must be positive")
-	case c.MinBackoff <= 0 || c.MaxBackoff < c.MinBackoff:
-		return errors.New("tunnel: backoff must satisfy 0 < min <= max")
+		return &ConfigError{Field: "NodeName", Msg: "is required"}
+	case c.MaxBackoff < c.MinBackoff:
+		return &ConfigError{Field: "MaxBackoff", Msg: fmt.Sprintf("%s is less than MinBackoff %s", c.MaxBackoff, c.MinBackoff)}
 	}
-	return nil
+	return errors.Join(
+		checkPositive("MaxDialTimeout", c.MaxDialTimeout),
+		checkPositive("HandshakeTimeout", c.HandshakeTimeout),
+		checkPositive("MinBackoff", c.MinBackoff))
 }
 
 // RejectedError is the server's refusal to register the agent.
@@ -242,6 +246,11 @@ func (a *Agent) dial(ctx context.Context, req dialRequest) (net.Conn, error) {
 	if host, port, err := net.SplitHostPort(addr); err == nil && strings.EqualFold(host, a.cfg.NodeName) && len(a.cfg.NodeIPs) > 0 {
 		addr = net.JoinHostPort(a.cfg.NodeIPs[0].String(), port)
 	}
-	d := net.Dialer{Timeout: timeout}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if a.cfg.Dial != nil {
+		return a.cfg.Dial(ctx, "tcp", addr)
+	}
+	var d net.Dialer
 	return d.DialContext(ctx, "tcp", addr)
 }

@@ -112,3 +112,19 @@ func classifyDialError(err error) Result {
 	}
 	return ResultError
 }
+
+// ConfigError is a setting that cannot work. Field names the config
+// struct's field, so that a command can name the flag bound to it.
+type ConfigError struct {
+	Field string
+	Msg   string
+}
+
+func (e *ConfigError) Error() string { return "tunnel: " + e.Field + ": " + e.Msg }
+
+func checkPositive(field string, d time.Duration) error {
+	if d <= 0 {
+		return &ConfigError{Field: field, Msg: fmt.Sprintf("must be positive, not %s", d)}
+	}
+	return nil
+}

@@ -50,23 +50,20 @@ func DefaultServerConfig() ServerConfig {
 	}
 }
 
-// Validate reports the first setting that cannot work.
+// Validate reports the first setting that cannot work, as a *ConfigError.
 func (c *ServerConfig) Validate() error {
 	switch {
 	case c.AgentTLS == nil || len(c.AgentTLS.Certificates) == 0 && c.AgentTLS.GetCertificate == nil:
-		return errors.New("tunnel: server needs a TLS certificate for the agent listener")
+		return &ConfigError{Field: "AgentTLS", Msg: "a server certificate is required"}
 	case c.AgentTLS.ClientCAs == nil && c.AgentTLS.GetConfigForClient == nil:
-		return errors.New("tunnel: server needs a CA bundle to verify agent certificates")
-	case c.DialTimeout <= 0:
-		return errors.New("tunnel: dial timeout must be positive")
-	case c.HandshakeTimeout <= 0:
-		return errors.New("tunnel: handshake timeout must be positive")
-	case c.HeaderTimeout <= 0:
-		return errors.New("tunnel: header timeout must be positive")
+		return &ConfigError{Field: "AgentTLS", Msg: "a CA bundle to verify agent certificates is required"}
 	case c.MaxHeaderBytes < 256:
-		return errors.New("tunnel: max header bytes must be at least 256")
+		return &ConfigError{Field: "MaxHeaderBytes", Msg: "must be at least 256"}
 	}
-	return nil
+	return errors.Join(
+		checkPositive("DialTimeout", c.DialTimeout),
+		checkPositive("HandshakeTimeout", c.HandshakeTimeout),
+		checkPositive("HeaderTimeout", c.HeaderTimeout))
 }
 
 // Server accepts agents' sessions, routes tunneled dials to them and serves

@@ -43,6 +43,17 @@ func (f *agentFlags) bind(fs *pflag.FlagSet) {
 	f.log.Bind(fs)
 }
 
+// configFlags names the flag bound to each AgentConfig field.
+var configFlags = map[string]string{
+	"ServerAddress":    "server-address",
+	"TLS":              "tls-cert-file",
+	"NodeName":         "node-name",
+	"MaxDialTimeout":   "max-dial-timeout",
+	"HandshakeTimeout": "handshake-timeout",
+	"MinBackoff":       "reconnect-min-backoff",
+	"MaxBackoff":       "reconnect-max-backoff",
+}
+
 func run(args []string) int {
 	f := agentFlags{cfg: tunnel.DefaultAgentConfig()}
 	fs := pflag.NewFlagSet(prog, pflag.ContinueOnError)
@@ -79,7 +90,7 @@ func runAgent(f *agentFlags, fs *pflag.FlagSet) error {
 	f.cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: f.serverName}
 	agent, err := tunnel.NewAgent(f.cfg)
 	if err != nil {
-		return err
+		return cli.FromConfig(err, configFlags)
 	}
 	ctx, stop := cli.SignalContext()
 	defer stop()

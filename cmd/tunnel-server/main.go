@@ -59,6 +59,14 @@ func (f *serverFlags) bind(fs *pflag.FlagSet) {
 	f.log.Bind(fs)
 }
 
+// configFlags names the flag bound to each ServerConfig field.
+var configFlags = map[string]string{
+	"AgentTLS":         "tls-cert-file",
+	"DialTimeout":      "dial-timeout",
+	"HandshakeTimeout": "handshake-timeout",
+	"HeaderTimeout":    "connect-header-timeout",
+}
+
 func runServer(args []string) int {
 	f := serverFlags{cfg: tunnel.DefaultServerConfig()}
 	fs := pflag.NewFlagSet(prog, pflag.ContinueOnError)
@@ -98,7 +106,7 @@ func serve(f *serverFlags, fs *pflag.FlagSet) error {
 	f.cfg.AgentTLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: agentCAs}
 	srv, err := tunnel.NewServer(f.cfg)
 	if err != nil {
-		return err
+		return cli.FromConfig(err, configFlags)
 	}
 	defer srv.Close()
 	listeners, err := f.listen(cert)

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tunnel-project/tunnel/certs"
+	"github.com/tunnel-project/tunnel/tunnel"
 )
 
 // FlagError is a mistake in the command line; Main prints it on one line.
@@ -41,6 +42,22 @@ func Required(fs *pflag.FlagSet, names ...string) error {
 		}
 	}
 	return nil
+}
+
+// FromConfig turns a *tunnel.ConfigError (or several, joined) into a
+// FlagError naming the flag bound to the field; flags maps field names to
+// flag names.
+func FromConfig(err error, flags map[string]string) error {
+	var ce *tunnel.ConfigError
+	if errs, ok := err.(interface{ Unwrap() []error }); ok && len(errs.Unwrap()) > 0 {
+		err = errs.Unwrap()[0]
+	}
+	if errors.As(err, &ce) {
+		if f, ok := flags[ce.Field]; ok {
+			return &FlagError{Flag: f, Msg: ce.Msg}
+		}
+	}
+	return err
 }
 
 // Parse parses args into fs without printing usage on error; the error
