@@ -2,7 +2,7 @@
 # `make test` runs every test CI runs.
 GO ?= go
 
-.PHONY: all build demo test test-unit test-e2e vet fmt-check clean
+.PHONY: all build demo test test-unit test-e2e fuzz fuzz-smoke vet fmt-check clean
 
 all: build
 
@@ -12,7 +12,7 @@ build:
 demo:
 	$(GO) run ./cmd/tunnel-server demo
 
-test: fmt-check vet test-unit test-e2e
+test: fmt-check vet test-unit test-e2e fuzz-smoke
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -30,6 +30,22 @@ test-unit:
 # network namespaces (the namespace test needs root and iproute2).
 test-e2e:
 	cd e2e && $(GO) test -race -count=1 ./...
+
+# Every fuzz target of network decoders: briefly in `make test` (a count, not
+# a time: very short -fuzztime runs can end in a spurious "context deadline
+# exceeded"), long with
+# `make fuzz FUZZTIME=30m`.
+FUZZ_TARGETS = FuzzReadConnect FuzzDecodeDialRequest FuzzDecodeDialResponse FuzzDecodeHello
+FUZZTIME ?= 10m
+
+fuzz-smoke:
+	$(MAKE) fuzz FUZZTIME=50000x
+
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $$t for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) ./tunnel/ || exit 1; \
+	done
 
 clean:
 	rm -rf bin

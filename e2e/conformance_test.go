@@ -38,12 +38,16 @@ func TestEgressSelectorConformance(t *testing.T) {
 	tn := startTunnel(t, tg.echo)
 
 	t.Run("HTTPConnect-UDS", func(t *testing.T) {
-		path := writeEgressConfig(t, fmt.Sprintf(udsEgressConfig, tn.udsPath))
+		path := writeEgressConfig(t, deployConfig(t, "http-connect-uds.yaml",
+			"/etc/kubernetes/tunnel/tunnel.sock", tn.udsPath))
 		runConformance(t, loadClusterDialer(t, path), tg)
 	})
 	t.Run("HTTPConnect-TCP-mTLS", func(t *testing.T) {
-		path := writeEgressConfig(t, fmt.Sprintf(tcpEgressConfig, "https://"+tn.frontendAddr,
-			tn.certFile("ca.crt"), tn.certFile("client.key"), tn.certFile("client.crt")))
+		path := writeEgressConfig(t, deployConfig(t, "http-connect-tcp.yaml",
+			"https://127.0.0.1:8131", "https://"+tn.frontendAddr,
+			"/etc/kubernetes/tunnel/ca.crt", tn.certFile("ca.crt"),
+			"/etc/kubernetes/tunnel/client.key", tn.certFile("client.key"),
+			"/etc/kubernetes/tunnel/client.crt", tn.certFile("client.crt")))
 		runConformance(t, loadClusterDialer(t, path), tg)
 		t.Run("client-cert-required", func(t *testing.T) { testClientCertRequired(t, tn, tg) })
 	})

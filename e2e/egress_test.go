@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,46 +18,23 @@ import (
 // (k8s.io/apimachinery/pkg/util/net.DialFunc).
 type dialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
 
-// udsEgressConfig is an EgressSelectorConfiguration sending the cluster
-// egress over HTTP CONNECT on a unix socket, as deploy/ documents it.
-const udsEgressConfig = `apiVersion: apiserver.k8s.io/v1beta1
-kind: EgressSelectorConfiguration
-egressSelections:
-- name: cluster
-  connection:
-    proxyProtocol: HTTPConnect
-    transport:
-      uds:
-        udsName: %q
-- name: controlplane
-  connection:
-    proxyProtocol: Direct
-- name: etcd
-  connection:
-    proxyProtocol: Direct
-`
-
-// tcpEgressConfig sends the cluster egress over HTTP CONNECT on TCP with mTLS.
-const tcpEgressConfig = `apiVersion: apiserver.k8s.io/v1beta1
-kind: EgressSelectorConfiguration
-egressSelections:
-- name: cluster
-  connection:
-    proxyProtocol: HTTPConnect
-    transport:
-      tcp:
-        url: %q
-        tlsConfig:
-          caBundle: %q
-          clientKey: %q
-          clientCert: %q
-- name: controlplane
-  connection:
-    proxyProtocol: Direct
-- name: etcd
-  connection:
-    proxyProtocol: Direct
-`
+// deployConfig returns the EgressSelectorConfiguration checked in under
+// deploy/egress-selector/, with the production paths it names replaced by
+// the test's (old, new pairs), so the files operators copy are the ones the
+// real client loads here.
+func deployConfig(t *testing.T, name string, oldnew ...string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "deploy", "egress-selector", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < len(oldnew); i += 2 {
+		if !strings.Contains(string(b), oldnew[i]) {
+			t.Fatalf("%s no longer mentions %q", name, oldnew[i])
+		}
+	}
+	return strings.NewReplacer(oldnew...).Replace(string(b))
+}
 
 // writeEgressConfig writes an EgressSelectorConfiguration file into a
 // temporary directory removed in cleanup.

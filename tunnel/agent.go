@@ -189,6 +189,9 @@ func (a *Agent) hello(ctx context.Context, sess Session) (HelloReply, error) {
 	if err != nil {
 		return reply, err
 	}
+	if reply.Error == "" && reply.Version != ProtocolVersion {
+		return reply, fmt.Errorf("server answered with protocol version %d; this agent speaks %d", reply.Version, ProtocolVersion)
+	}
 	if reply.Error != "" {
 		err := &RejectedError{Reason: reply.Error}
 		a.log.Error("server rejected registration", "node", a.cfg.NodeName, "reason", reply.Error)

@@ -10,9 +10,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tunnel-project/tunnel/certs"
 )
 
 // The CONNECT frontend speaks exactly what kube-apiserver's egress selector
@@ -174,4 +177,24 @@ func writeStatus(w io.Writer, code int, reason string) {
 	}, reason)
 	fmt.Fprintf(w, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n",
 		code, reason, len(reason)+1, reason)
+}
+
+// FrontendClientPolicy returns a tls.Config.VerifyConnection check for the
+// TCP frontend. It refuses certificates that prove a node identity — an
+// agent's key must not be able to open tunnels to other nodes — and, when
+// names is not empty, any client whose Subject CN is not in names.
+func FrontendClientPolicy(names []string) func(tls.ConnectionState) error {
+	return func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("tunnel: frontend requires a client certificate")
+		}
+		leaf := cs.PeerCertificates[0]
+		if nodes := certs.NodeNames(leaf); strings.HasPrefix(leaf.Subject.CommonName, certs.NodePrefix) {
+			return fmt.Errorf("tunnel: node certificate for %v may not use the frontend", nodes)
+		}
+		if len(names) > 0 && !slices.Contains(names, leaf.Subject.CommonName) {
+			return fmt.Errorf("tunnel: frontend client %q is not in the allowed names", leaf.Subject.CommonName)
+		}
+		return nil
+	}
 }

@@ -103,7 +103,7 @@ func (t *routes) Changed() <-chan struct{} {
 func (t *routes) lookup(host string) *agentConn {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	if ip, err := netip.ParseAddr(host); err == nil {
+	if ip, ok := parseIP(host); ok {
 		if a := t.lookupIPLocked(ip.Unmap()); a != nil {
 			return a
 		}
@@ -151,4 +151,14 @@ func (t *routes) count() int {
 		n += len(list)
 	}
 	return n
+}
+
+// parseIP parses an IP literal without allocating for host names, which
+// netip.ParseAddr would answer with an allocated error.
+func parseIP(host string) (netip.Addr, bool) {
+	if !strings.Contains(host, ":") && strings.Trim(host, "0123456789.") != "" {
+		return netip.Addr{}, false
+	}
+	ip, err := netip.ParseAddr(host)
+	return ip, err == nil
 }

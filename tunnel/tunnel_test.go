@@ -388,6 +388,7 @@ func TestFrontendTCPRequiresClientCertificate(t *testing.T) {
 	serverCert := h.keyPair(h.files.ServerCert, h.files.ServerKey)
 	ln := tls.NewListener(listenTCP(t, "127.0.0.1:0"), &tls.Config{
 		Certificates: []tls.Certificate{serverCert}, ClientCAs: h.pool, ClientAuth: tls.RequireAndVerifyClientCert,
+		VerifyConnection: FrontendClientPolicy([]string{"kube-apiserver"}),
 	})
 	h.goServe(func() error { return h.srv.ServeConnect(ln) })
 	client := h.keyPair(h.files.ClientCert, h.files.ClientKey)
@@ -404,13 +405,20 @@ func TestFrontendTCPRequiresClientCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	anon, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: h.pool, ServerName: "localhost"})
-	if err == nil {
-		defer anon.Close()
-		anon.SetDeadline(time.Now().Add(5 * time.Second))
-		fmt.Fprintf(anon, "CONNECT %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", echo)
-		if _, err = anon.Read(make([]byte, 1)); err == nil {
-			t.Fatal("a client without a certificate got an answer")
+	agentFiles := h.files.Agents["node-a"]
+	for name, certs := range map[string][]tls.Certificate{
+		"no certificate":   nil,
+		"node certificate": {h.keyPair(agentFiles[0], agentFiles[1])},
+	} {
+		c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: h.pool, ServerName: "localhost", Certificates: certs})
+		if err != nil {
+			continue // refused during the handshake
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", echo)
+		if _, err = c.Read(make([]byte, 1)); err == nil {
+			t.Errorf("a client with %s got an answer", name)
 		}
 	}
 }

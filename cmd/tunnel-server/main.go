@@ -39,6 +39,7 @@ type serverFlags struct {
 	agentAddr, frontendAddr, udsPath string
 	certFile, keyFile                string
 	agentCA, frontendCA              string
+	frontendNames                    []string
 	cfg                              tunnel.ServerConfig
 	log                              cli.LogFlags
 }
@@ -51,6 +52,7 @@ func (f *serverFlags) bind(fs *pflag.FlagSet) {
 	fs.StringVar(&f.udsPath, "uds-path", "", "unix socket for the HTTP CONNECT frontend (empty disables)")
 	fs.StringVar(&f.frontendAddr, "frontend-listen-address", "", "host:port for the HTTP CONNECT frontend over TCP with mutual TLS (empty disables)")
 	fs.StringVar(&f.frontendCA, "frontend-ca-file", "", "CA bundle that signs frontend (kube-apiserver) client certificates")
+	fs.StringSliceVar(&f.frontendNames, "frontend-allowed-names", nil, "client certificate common names allowed on the TCP frontend (repeatable; default: any certificate from --frontend-ca-file that is not a node's)")
 	fs.BoolVar(&f.cfg.TrustAgentRoutes, "trust-agent-routes", false, "accept node IPs, pod CIDRs and the default route as agents declare them, without proof from their certificates (weaker: a compromised node could attract other nodes' traffic)")
 	fs.DurationVar(&f.cfg.DialTimeout, "dial-timeout", f.cfg.DialTimeout, "how long an agent may take to dial a destination")
 	fs.DurationVar(&f.cfg.HandshakeTimeout, "handshake-timeout", f.cfg.HandshakeTimeout, "bound on an agent's TLS handshake and hello")
@@ -168,10 +170,11 @@ func (f *serverFlags) listen(cert tls.Certificate) (out []listener, err error) {
 			return out, &cli.FlagError{Flag: "frontend-listen-address", Msg: err.Error()}
 		}
 		tlsLn := tls.NewListener(ln, &tls.Config{
-			Certificates: []tls.Certificate{cert},
-			ClientCAs:    cas,
-			ClientAuth:   tls.RequireAndVerifyClientCert,
-			MinVersion:   tls.VersionTLS12,
+			Certificates:     []tls.Certificate{cert},
+			ClientCAs:        cas,
+			ClientAuth:       tls.RequireAndVerifyClientCert,
+			VerifyConnection: tunnel.FrontendClientPolicy(f.frontendNames),
+			MinVersion:       tls.VersionTLS12,
 		})
 		out = append(out, listener{"frontend", tlsLn, (*tunnel.Server).ServeConnect})
 	}
