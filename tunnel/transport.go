@@ -127,7 +127,7 @@ func dialTLS(ctx context.Context, addr string, cfg *tls.Config) (Session, error)
 	if err != nil {
 		return nil, err
 	}
-	conn := tls.Client(raw, cfg)
+	conn := newFrameWriter(raw, cfg, tls.Client)
 	if err := conn.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("tls handshake with %s: %w", addr, err)
@@ -147,7 +147,7 @@ func dialTLS(ctx context.Context, addr string, cfg *tls.Config) (Session, error)
 // acceptTLS completes the server side of an agent connection: the TLS
 // handshake (which verifies the client certificate) within ctx, then yamux.
 func acceptTLS(ctx context.Context, raw net.Conn, cfg *tls.Config) (Session, error) {
-	conn := tls.Server(raw, cfg)
+	conn := newFrameWriter(raw, cfg, tls.Server)
 	if err := conn.HandshakeContext(ctx); err != nil {
 		return nil, fmt.Errorf("tls handshake: %w", err)
 	}

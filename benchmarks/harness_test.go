@@ -1,0 +1,197 @@
+package benchmarks
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tunnel-project/tunnel/certs"
+	"github.com/tunnel-project/tunnel/tunnel"
+)
+
+// The Go benchmarks and tests share one in-process tunnel: a server with
+// its CONNECT frontend on a unix socket, one agent over loopback TLS 1.3 +
+// yamux, and a Target. It starts on first use and stops in TestMain.
+
+// benchNode is the agent's node; its certificate proves 127.0.0.1, so a
+// CONNECT to the target's loopback address routes to it.
+var benchNode = certs.Node{Name: "bench-node", IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}
+
+type inProcess struct {
+	dir    string
+	target *Target
+	srv    *tunnel.Server
+	tunnel ConnectDialer
+	direct DirectDialer
+	stops  []func()
+}
+
+var (
+	sharedOnce sync.Once
+	shared     *inProcess
+	sharedErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if shared != nil {
+		shared.stop()
+	}
+	os.Exit(code)
+}
+
+// env returns the shared in-process tunnel, starting it on first use.
+func env(tb testing.TB) *inProcess {
+	tb.Helper()
+	sharedOnce.Do(func() { shared, sharedErr = startInProcess() })
+	if sharedErr != nil {
+		tb.Fatalf("starting the in-process tunnel: %v", sharedErr)
+	}
+	return shared
+}
+
+func startInProcess() (_ *inProcess, err error) {
+	dir, err := os.MkdirTemp("", "tunnel-bench-")
+	if err != nil {
+		return nil, err
+	}
+	e := &inProcess{dir: dir}
+	defer func() {
+		if err != nil {
+			e.stop()
+		}
+	}()
+	files, err := certs.Generate(certs.Options{Dir: filepath.Join(dir, "pki"), Nodes: []certs.Node{benchNode}})
+	if err != nil {
+		return nil, err
+	}
+	if err := e.startTarget(); err != nil {
+		return nil, err
+	}
+	agentAddr, err := e.startServer(files)
+	if err != nil {
+		return nil, err
+	}
+	return e, e.startAgent(files, agentAddr)
+}
+
+func (e *inProcess) stop() {
+	for i := len(e.stops) - 1; i >= 0; i-- {
+		e.stops[i]()
+	}
+	os.RemoveAll(e.dir)
+}
+
+// goServe runs serve in a goroutine; stop closes and waits for it.
+func (e *inProcess) goServe(serve func() error, closeFn func() error) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		serve()
+	}()
+	e.stops = append(e.stops, func() { closeFn(); <-done })
+}
+
+func (e *inProcess) startTarget() error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	e.target = NewTarget(ln)
+	e.goServe(e.target.Serve, e.target.Close)
+	e.direct = DirectDialer{Addr: ln.Addr().String()}
+	return nil
+}
+
+func (e *inProcess) startServer(files certs.Files) (string, error) {
+	cert, err := certs.LoadKeyPair(files.ServerCert, files.ServerKey)
+	if err != nil {
+		return "", err
+	}
+	pool, err := certs.LoadPool(files.CACert)
+	if err != nil {
+		return "", err
+	}
+	cfg := tunnel.DefaultServerConfig()
+	cfg.AgentTLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool}
+	if e.srv, err = tunnel.NewServer(cfg); err != nil {
+		return "", err
+	}
+	e.stops = append(e.stops, func() { e.srv.Close() })
+	agentLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	sock := filepath.Join(e.dir, "connect.sock")
+	udsLn, err := tunnel.ListenUnix(sock, 0o600)
+	if err != nil {
+		agentLn.Close()
+		return "", err
+	}
+	e.goServe(func() error { return e.srv.ServeAgents(agentLn) }, agentLn.Close)
+	e.goServe(func() error { return e.srv.ServeConnect(udsLn) }, udsLn.Close)
+	e.tunnel = ConnectDialer{Network: "unix", Addr: sock, Dest: e.direct.Addr}
+	return agentLn.Addr().String(), nil
+}
+
+func (e *inProcess) startAgent(files certs.Files, serverAddr string) error {
+	pair := files.Agents[benchNode.Name]
+	cert, err := certs.LoadKeyPair(pair[0], pair[1])
+	if err != nil {
+		return err
+	}
+	pool, err := certs.LoadPool(files.CACert)
+	if err != nil {
+		return err
+	}
+	cfg := tunnel.DefaultAgentConfig()
+	cfg.ServerAddress = serverAddr
+	cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: "localhost"}
+	cfg.NodeName = benchNode.Name
+	cfg.NodeIPs = benchNode.IPs
+	a, err := tunnel.NewAgent(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.goServe(func() error { return a.Run(ctx) }, func() error { cancel(); return nil })
+	wctx, wcancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer wcancel()
+	return e.srv.WaitAgents(wctx, 1)
+}
+
+// paths returns the two ways to the target: the tunnel and the baseline.
+func (e *inProcess) paths() []struct {
+	name string
+	d    Dialer
+} {
+	return []struct {
+		name string
+		d    Dialer
+	}{{"direct", e.direct}, {"tunnel", e.tunnel}}
+}
+
+// sizeName spells a byte count the way the benchmark names use it.
+func sizeName(n int) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%dMiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%dKiB", n>>10)
+	}
+	return fmt.Sprintf("%dB", n)
+}
+
+// isMismatch reports whether err is a verification failure.
+func isMismatch(err error) bool {
+	var me *MismatchError
+	return errors.As(err, &me)
+}

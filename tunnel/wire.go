@@ -1,0 +1,115 @@
+package tunnel
+
+import (
+	"bufio"
+	"crypto/tls"
+	"encoding/binary"
+	"net"
+	"sync"
+)
+
+// The connection under a yamux session is layered for throughput
+// (DESIGN.md section 5, measured in benchmarks/results/):
+//
+//	yamux → frameWriter → *tls.Conn → batchConn → *net.TCPConn
+//
+// yamux writes each data frame as two Writes, its 12-byte header and then
+// its body. frameWriter holds such a header back and hands both to TLS
+// together, and batchConn gathers the TLS records of that pair into one
+// write system call instead of one per 16 KiB record.
+
+// yamux header layout (yamux spec.md): version, type, flags, stream ID,
+// length; type 0 is a data frame.
+const (
+	yamuxHeaderLen = 12
+	yamuxTypeData  = 0
+)
+
+// batchConn gathers writes between begin and end into one system call.
+// Writes outside a batch (TLS alerts, key updates) go straight through;
+// a mutex keeps them in order with a batch in progress.
+type batchConn struct {
+	net.Conn
+	r        *bufio.Reader // reads many TLS records per system call
+	mu       sync.Mutex
+	batching bool
+	buf      []byte
+}
+
+func (b *batchConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+func (b *batchConn) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.batching {
+		return b.Conn.Write(p)
+	}
+	b.buf = append(b.buf, p...)
+	return len(p), nil
+}
+
+func (b *batchConn) begin() {
+	b.mu.Lock()
+	b.batching = true
+	b.mu.Unlock()
+}
+
+// end sends what the batch gathered.
+func (b *batchConn) end() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.batching = false
+	if len(b.buf) == 0 {
+		return nil
+	}
+	_, err := b.Conn.Write(b.buf)
+	if cap(b.buf) > maxBatchKeep {
+		b.buf = nil // do not pin a rare huge batch
+	} else {
+		b.buf = b.buf[:0]
+	}
+	return err
+}
+
+// readBufSize is the read buffer under TLS, per session.
+const readBufSize = 256 << 10
+
+// maxBatchKeep bounds the batch buffer a session keeps between writes.
+const maxBatchKeep = 256 << 10
+
+// frameWriter is the connection yamux writes to. yamux calls Write from its
+// single send goroutine only, so held needs no lock.
+type frameWriter struct {
+	*tls.Conn
+	raw  *batchConn
+	hdr  [yamuxHeaderLen]byte
+	held bool
+}
+
+// newFrameWriter layers a TLS connection over raw for yamux; wrap is
+// tls.Client or tls.Server.
+func newFrameWriter(raw net.Conn, cfg *tls.Config, wrap func(net.Conn, *tls.Config) *tls.Conn) *frameWriter {
+	b := &batchConn{Conn: raw, r: bufio.NewReaderSize(raw, readBufSize)}
+	return &frameWriter{Conn: wrap(b, cfg), raw: b}
+}
+
+func (w *frameWriter) Write(p []byte) (int, error) {
+	if !w.held && len(p) == yamuxHeaderLen && p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:]) > 0 {
+		copy(w.hdr[:], p) // the body follows at once: send them together
+		w.held = true
+		return len(p), nil
+	}
+	w.raw.begin()
+	if w.held {
+		w.held = false
+		if _, err := w.Conn.Write(w.hdr[:]); err != nil {
+			w.raw.end()
+			return 0, err
+		}
+	}
+	n, err := w.Conn.Write(p)
+	if ferr := w.raw.end(); err == nil {
+		err = ferr
+	}
+	return n, err
+}
