@@ -230,7 +230,7 @@ func (a *Agent) serveStream(ctx context.Context, st net.Conn) {
 		st.Close()
 		return
 	}
-	pipe(st, target)
+	pipe(st, target, nil, nil)
 }
 
 func (a *Agent) respond(st net.Conn, r dialResponse) error {

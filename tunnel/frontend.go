@@ -87,7 +87,7 @@ func (s *Server) handleConnect(c net.Conn) {
 			return
 		}
 	}
-	pipe(c, tunnel)
+	pipe(c, tunnel, nil, nil)
 }
 
 // readConnect reads one CONNECT request of at most max bytes from br and

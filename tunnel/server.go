@@ -291,6 +291,13 @@ type streamConn struct {
 
 func (c *streamConn) CloseWrite() error { return c.Conn.Close() }
 
+// Shrink lets the copy path release the stream's idle receive buffer.
+func (c *streamConn) Shrink() {
+	if s, ok := c.Conn.(shrinker); ok {
+		s.Shrink()
+	}
+}
+
 func (c *streamConn) Close() error {
 	c.once.Do(func() { c.agent.streams.Add(-1) })
 	return c.Conn.Close()
