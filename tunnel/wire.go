@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"bufio"
 	"crypto/tls"
 	"encoding/binary"
 	"net"
@@ -30,13 +29,13 @@ const (
 // a mutex keeps them in order with a batch in progress.
 type batchConn struct {
 	net.Conn
-	r        *bufio.Reader // reads many TLS records per system call
+	r        readAhead
 	mu       sync.Mutex
 	batching bool
 	buf      []byte
 }
 
-func (b *batchConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+func (b *batchConn) Read(p []byte) (int, error) { return b.r.Read(b.Conn, p) }
 
 func (b *batchConn) Write(p []byte) (int, error) {
 	b.mu.Lock()
@@ -71,8 +70,54 @@ func (b *batchConn) end() error {
 	return err
 }
 
-// readBufSize is the read buffer under TLS, per session.
+// readAhead lets TLS read many records per system call while data streams,
+// without pinning a large buffer to a quiet session: a session at rest
+// reads straight into TLS's own record buffer. A read that fills that
+// buffer means more is waiting, so the next read goes into a pooled
+// readBufSize buffer, which returns to its pool as soon as TLS has taken
+// every byte of it. Reads ahead continue while each brings at least a
+// quarter of a buffer. Only yamux's receive loop reads, so no lock.
+type readAhead struct {
+	bp   *[]byte // pooled buffer holding buf[r:w]; nil when empty
+	r, w int
+	err  error // the error that came with the buffered bytes
+	bulk bool
+}
+
+// readBufSize is the size of a read ahead under TLS.
 const readBufSize = 256 << 10
+
+var readBufs = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
+
+func (ra *readAhead) Read(c net.Conn, p []byte) (int, error) {
+	if ra.bp != nil {
+		n := copy(p, (*ra.bp)[ra.r:ra.w])
+		if ra.r += n; ra.r == ra.w {
+			readBufs.Put(ra.bp)
+			ra.bp = nil
+		}
+		return n, nil
+	}
+	if err := ra.err; err != nil {
+		ra.err = nil
+		return 0, err
+	}
+	if !ra.bulk || len(p) >= readBufSize {
+		n, err := c.Read(p)
+		ra.bulk = n == len(p)
+		return n, err
+	}
+	bp := readBufs.Get().(*[]byte)
+	n, err := c.Read(*bp)
+	ra.bulk = n >= readBufSize/4
+	m := copy(p, (*bp)[:n])
+	if m == n {
+		readBufs.Put(bp)
+		return m, err
+	}
+	ra.bp, ra.r, ra.w, ra.err = bp, m, n, err
+	return m, nil
+}
 
 // maxBatchKeep bounds the batch buffer a session keeps between writes.
 const maxBatchKeep = 256 << 10
@@ -89,7 +134,7 @@ type frameWriter struct {
 // newFrameWriter layers a TLS connection over raw for yamux; wrap is
 // tls.Client or tls.Server.
 func newFrameWriter(raw net.Conn, cfg *tls.Config, wrap func(net.Conn, *tls.Config) *tls.Conn) *frameWriter {
-	b := &batchConn{Conn: raw, r: bufio.NewReaderSize(raw, readBufSize)}
+	b := &batchConn{Conn: raw}
 	return &frameWriter{Conn: wrap(b, cfg), raw: b}
 }
 
