@@ -43,6 +43,9 @@ func (b *batchConn) Write(p []byte) (int, error) {
 	if !b.batching {
 		return b.Conn.Write(p)
 	}
+	if b.buf == nil {
+		b.buf = *batchBufs.Get().(*[]byte)
+	}
 	b.buf = append(b.buf, p...)
 	return len(p), nil
 }
@@ -62,11 +65,11 @@ func (b *batchConn) end() error {
 		return nil
 	}
 	_, err := b.Conn.Write(b.buf)
-	if cap(b.buf) > maxBatchKeep {
-		b.buf = nil // do not pin a rare huge batch
-	} else {
-		b.buf = b.buf[:0]
+	if cap(b.buf) <= maxBatchKeep { // a rare huge batch is left to the GC
+		buf := b.buf[:0]
+		batchBufs.Put(&buf)
 	}
+	b.buf = nil // a quiet session pins no batch buffer
 	return err
 }
 
@@ -119,8 +122,10 @@ func (ra *readAhead) Read(c net.Conn, p []byte) (int, error) {
 	return m, nil
 }
 
-// maxBatchKeep bounds the batch buffer a session keeps between writes.
+// maxBatchKeep bounds the batch buffers kept in their pool.
 const maxBatchKeep = 256 << 10
+
+var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
 
 // frameWriter is the connection yamux writes to. yamux calls Write from its
 // single send goroutine only, so held needs no lock.
