@@ -5,18 +5,22 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
+
+	"github.com/hashicorp/yamux"
 )
 
 // The copy path (DESIGN.md section 5) lives in this file and nowhere else:
 // every tunneled byte on the server and on the agent passes through pipe.
 //
-// Each direction reads into a small buffer while its tunnel is quiet and
-// into a large one while data streams, so that an idle tunnel pins a few
-// KiB rather than the large buffers bulk transfers want. A read that fills
-// the small buffer means more is waiting: the next read uses a large
-// buffer. A read that returns less than a small buffer's worth means the
-// stream has gone quiet: the large buffer goes back to its pool, and a
-// yamux stream also drops its receive buffer (Shrink).
+// An idle tunnel must not pin buffers: with 10,000 tunnels open, 64 KiB per
+// direction would be over a GiB. So each direction first waits, holding no
+// buffer, until its source has data (waitReadable), then reads into a small
+// pooled buffer and returns it at once. A read that fills the small buffer
+// means more is waiting: the direction switches to a large buffer, which it
+// keeps while data streams. A read that returns less than a small buffer's
+// worth means the stream has gone quiet: the large buffer goes back to its
+// pool, and a yamux stream also drops its receive buffer (Shrink).
 
 // Buffer sizes, measured in benchmarks/results/.
 const (
@@ -80,17 +84,28 @@ func copyHalf(dst, src net.Conn, count counter) int64 {
 }
 
 // copyAdaptive copies src to dst until EOF (returning nil) or an error,
-// switching between a small and a large pooled buffer as described at the
-// top of this file. Unlike io.Copy it never takes a ReaderFrom/WriterTo
-// detour, which would allocate a buffer of its own for the stream types
-// used here.
-func copyAdaptive(dst io.Writer, src io.Reader, count counter) (int64, error) {
+// with buffers taken as described at the top of this file. Unlike io.Copy it
+// never takes a ReaderFrom/WriterTo detour, which would allocate a buffer of
+// its own for the stream types used here.
+func copyAdaptive(dst io.Writer, src io.Reader, count counter) (n int64, err error) {
+	wait := readWaiter(src)
 	shrink, _ := src.(shrinker)
-	bp := smallBufs.Get().(*[]byte)
+	var bp *[]byte // the buffer in hand; nil while waiting
 	large := false
-	defer func() { release(bp, large) }()
-	var n int64
+	defer func() {
+		if bp != nil {
+			release(bp, large)
+		}
+	}()
 	for {
+		if bp == nil {
+			if wait != nil {
+				if err := wait(); err != nil {
+					return n, eofIsNil(err)
+				}
+			}
+			bp = smallBufs.Get().(*[]byte)
+		}
 		buf := *bp
 		nr, rerr := src.Read(buf)
 		if nr > 0 {
@@ -104,18 +119,16 @@ func copyAdaptive(dst io.Writer, src io.Reader, count counter) (int64, error) {
 			}
 		}
 		if rerr != nil {
-			if errors.Is(rerr, io.EOF) {
-				return n, nil
-			}
-			return n, rerr
+			return n, eofIsNil(rerr)
 		}
-		if !large && nr == len(buf) {
+		switch {
+		case !large && nr == len(buf): // more is waiting
 			smallBufs.Put(bp)
 			bp, large = largeBufs.Get().(*[]byte), true
-		} else if nr < smallBufSize {
-			if large {
-				largeBufs.Put(bp)
-				bp, large = smallBufs.Get().(*[]byte), false
+		case nr < smallBufSize: // quiet
+			if large || wait != nil {
+				release(bp, large)
+				bp, large = nil, false
 			}
 			if shrink != nil {
 				shrink.Shrink()
@@ -124,10 +137,47 @@ func copyAdaptive(dst io.Writer, src io.Reader, count counter) (int64, error) {
 	}
 }
 
+func eofIsNil(err error) error {
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
+}
+
 func release(bp *[]byte, large bool) {
 	if large {
 		largeBufs.Put(bp)
 	} else {
 		smallBufs.Put(bp)
 	}
+}
+
+// readWaiter returns a function that blocks until src has data to read,
+// or has reached EOF or failed, without holding a buffer; or nil if src
+// cannot wait that way.
+func readWaiter(src io.Reader) func() error {
+	switch c := src.(type) {
+	case *yamux.Stream:
+		// A zero-length Read blocks until data is buffered or the stream
+		// ends, and consumes nothing (TestReadWaiters pins this down).
+		return func() error { _, err := c.Read(nil); return err }
+	case *streamConn:
+		return readWaiter(c.Conn)
+	case syscall.Conn: // *net.TCPConn, *net.UnixConn
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return nil
+		}
+		return func() error { return rc.Read(peekReadable) }
+	}
+	return nil
+}
+
+// peekReadable is a syscall.RawConn Read callback that reports whether the
+// socket has data, EOF or an error pending, consuming nothing: false makes
+// the runtime wait for the socket to become readable and call it again.
+func peekReadable(fd uintptr) bool {
+	var b [1]byte
+	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	return err != syscall.EAGAIN
 }

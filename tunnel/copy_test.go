@@ -7,6 +7,9 @@ import (
 	"net"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
 )
 
 // scriptedReader returns the reads of its script in order, each as one
@@ -112,4 +115,89 @@ func BenchmarkPipe(b *testing.B) {
 	}
 	client.Close()
 	sink.Close()
+}
+
+// TestReadWaiters checks the buffer-free waits of the copy path on the
+// connection types it meets: the wait returns once data arrives, consumes
+// none of it, and returns at EOF too.
+func TestReadWaiters(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkWaiter(t, "tcp", a, b)
+
+	c1, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := yamux.Client(c1, yamuxConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := yamux.Server(c2, yamuxConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	out, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkWaiter(t, "yamux", out, &streamConn{Conn: in, agent: &agentConn{}})
+}
+
+// checkWaiter writes to w and waits on r's waiter.
+func checkWaiter(t *testing.T, name string, w, r net.Conn) {
+	wait := readWaiter(r)
+	if wait == nil {
+		t.Fatalf("%s: no read waiter", name)
+	}
+	done := make(chan error, 1)
+	go func() { done <- wait() }()
+	select {
+	case err := <-done:
+		t.Fatalf("%s: wait returned %v before any data was sent", name, err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	msg := []byte("hello, waiter")
+	if _, err := w.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("%s: wait: %v", name, err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(r, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("%s: after the wait read %q, %v; want %q", name, got, err, msg)
+	}
+	if cw, ok := w.(closeWriter); ok {
+		cw.CloseWrite()
+	} else {
+		w.Close()
+	}
+	if err := wait(); err != nil && err != io.EOF {
+		t.Fatalf("%s: wait at EOF: %v", name, err)
+	}
+	if n, err := r.Read(got); n != 0 || err != io.EOF {
+		t.Fatalf("%s: read after the wait at EOF: %d, %v; want EOF", name, n, err)
+	}
 }
