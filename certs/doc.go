@@ -30,7 +30,9 @@
 // certificate per node. It exists for quick starts and tests; a production
 // cluster may issue the same shapes from its own PKI. Keys are ECDSA P-256,
 // stored as PKCS #8 PEM ("PRIVATE KEY") with mode 0600. ParseNode reads the
-// --node flag that lists the agents to issue for.
+// --node flag that lists the agents to issue for. IssueAgents issues agent
+// certificates of the same shape in memory under an existing CA, for load
+// tests that need thousands of node identities.
 //
 // All errors start with "certs: ".
 package certs

@@ -144,18 +144,13 @@ func (o Options) validate() error {
 func validateNodes(nodes []Node) error {
 	seen := make(map[string]bool, len(nodes))
 	for _, n := range nodes {
-		if err := checkNodeName(n.Name); err != nil {
+		if err := checkNode(n); err != nil {
 			return fmt.Errorf("certs: Options.Nodes: %w", err)
 		}
 		if seen[n.Name] {
 			return fmt.Errorf("certs: Options.Nodes: node %q listed twice", n.Name)
 		}
 		seen[n.Name] = true
-		for _, ip := range n.IPs {
-			if err := checkSANIP(ip); err != nil {
-				return fmt.Errorf("certs: Options.Nodes: node %q: %w", n.Name, err)
-			}
-		}
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -88,14 +89,21 @@ func (o Options) leaves(files Files, now time.Time) []leaf {
 		{client, files.ClientCert, files.ClientKey},
 	}
 	for _, n := range o.Nodes {
-		agent := leafTemplate(NodePrefix+n.Name, x509.ExtKeyUsageClientAuth, now, o.Validity)
-		agent.Subject.Organization = []string{nodesGroup}
-		agent.DNSNames = []string{n.Name}
-		agent.IPAddresses = netIPs(n.IPs)
 		paths := files.Agents[n.Name]
-		out = append(out, leaf{agent, paths[0], paths[1]})
+		out = append(out, leaf{agentTemplate(n, now, o.Validity), paths[0], paths[1]})
 	}
 	return out
+}
+
+// agentTemplate is the agent certificate of node n, the kubelet's shape:
+// Subject CN "system:node:NAME", O "system:nodes", DNS SAN NAME, IP SANs
+// the node's IPs.
+func agentTemplate(n Node, now time.Time, validity time.Duration) *x509.Certificate {
+	agent := leafTemplate(NodePrefix+n.Name, x509.ExtKeyUsageClientAuth, now, validity)
+	agent.Subject.Organization = []string{nodesGroup}
+	agent.DNSNames = []string{n.Name}
+	agent.IPAddresses = netIPs(n.IPs)
+	return agent
 }
 
 // caTemplate is a CA that may sign leaves but no further CAs.
@@ -135,7 +143,7 @@ func (ca issued) sign(tmpl *x509.Certificate) (issued, error) {
 
 // create generates a P-256 key and a certificate for it from tmpl, signed by
 // parentKey, or self-signed when parent is nil.
-func create(tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (issued, error) {
+func create(tmpl, parent *x509.Certificate, parentKey crypto.Signer) (issued, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return issued{}, fmt.Errorf("certs: generate key: %w", err)

@@ -68,6 +68,20 @@ func parseIPList(list string) ([]netip.Addr, error) {
 	return ips, nil
 }
 
+// checkNode reports why n cannot be issued a certificate: a name that is
+// not a DNS-1123 subdomain, or an IP a certificate cannot carry.
+func checkNode(n Node) error {
+	if err := checkNodeName(n.Name); err != nil {
+		return err
+	}
+	for _, ip := range n.IPs {
+		if err := checkSANIP(ip); err != nil {
+			return fmt.Errorf("node %q: %w", n.Name, err)
+		}
+	}
+	return nil
+}
+
 // checkSANIP reports why ip cannot be a certificate IP SAN, if it cannot.
 func checkSANIP(ip netip.Addr) error {
 	switch {

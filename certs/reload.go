@@ -86,25 +86,28 @@ func (r *Reloading[T]) Reload() (bool, error) {
 
 // ServerTLS returns a TLS 1.3 server configuration that presents the
 // current key pair and, when clientCAs is not nil, requires a client
-// certificate that verifies against the current bundle.
+// certificate that verifies against the current bundle. Each handshake
+// uses a copy of the returned configuration with the bundle of the moment,
+// so settings the caller adds to it afterwards (VerifyConnection, say)
+// apply too.
 func ServerTLS(pair *Reloading[tls.Certificate], clientCAs *Reloading[*x509.CertPool]) *tls.Config {
-	getCert := func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-		c := pair.Current()
-		return &c, nil
+	base := &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			c := pair.Current()
+			return &c, nil
+		},
 	}
-	base := &tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: getCert}
 	if clientCAs == nil {
 		return base
 	}
 	base.ClientAuth = tls.RequireAndVerifyClientCert
 	base.ClientCAs = clientCAs.Current()
 	base.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
-		return &tls.Config{
-			MinVersion:     tls.VersionTLS13,
-			GetCertificate: getCert,
-			ClientAuth:     tls.RequireAndVerifyClientCert,
-			ClientCAs:      clientCAs.Current(),
-		}, nil
+		c := base.Clone()
+		c.GetConfigForClient = nil
+		c.ClientCAs = clientCAs.Current()
+		return c, nil
 	}
 	return base
 }
