@@ -2,12 +2,18 @@
 # `make test` runs every test CI runs.
 GO ?= go
 
-.PHONY: all build demo test test-unit test-e2e fuzz fuzz-smoke vet fmt-check clean
+.PHONY: all build demo test test-unit test-e2e fuzz fuzz-smoke vet fmt-check bench bench-smoke clean
 
 all: build
 
+# --version and tunnel_build_info report these (cmd/internal/admin/build.go).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS = -X github.com/tunnel-project/tunnel/cmd/internal/admin.version=$(VERSION) \
+	-X github.com/tunnel-project/tunnel/cmd/internal/admin.commit=$(COMMIT)
+
 build:
-	$(GO) build -o bin/ ./cmd/tunnel-server ./cmd/tunnel-agent
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/tunnel-server ./cmd/tunnel-agent
 
 demo:
 	$(GO) run ./cmd/tunnel-server demo
@@ -46,6 +52,28 @@ fuzz:
 		echo "fuzz $$t for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) ./tunnel/ || exit 1; \
 	done
+
+# The load tool against a local server, agent and target it starts itself
+# (README "Benchmarks"): the full run takes a few minutes and writes its
+# figures; bench-smoke is a run of seconds. `make test` does not call
+# bench-smoke: test-unit already runs the same --quick --local run
+# (benchmarks/tunnel-bench, TestQuickLocal).
+BENCH_OUT ?= benchmarks/results/latest
+
+bench:
+	$(GO) run ./benchmarks/tunnel-bench --local --json $(BENCH_OUT).json --svg $(BENCH_OUT).svg
+
+bench-smoke:
+	$(GO) run ./benchmarks/tunnel-bench --local --quick
+
+# The deploy/ files as code (e2e/deploy: manifests strictly typed, egress
+# selector files, flags against the binaries, systemd-analyze), plus the
+# real-process checks of sd_notify and of the dashboard's metric names. All
+# of it also runs in test-e2e; this is the quick way to check deploy/ edits.
+.PHONY: deploy-check
+deploy-check:
+	cd e2e && $(GO) test -count=1 ./deploy/
+	cd e2e && $(GO) test -count=1 -run 'TestSystemdNotify|TestDashboard|TestParseQuery' ./process/
 
 clean:
 	rm -rf bin

@@ -92,6 +92,7 @@ func (tn *tunnel) startServer(t *testing.T) {
 		"--tls-private-key-file", tn.certFile("server.key"),
 		"--agent-ca-file", tn.certFile("ca.crt"),
 		"--frontend-ca-file", tn.certFile("ca.crt"),
+		"--admin-listen-address", "127.0.0.1:0",
 		"--log-format", "text",
 		"--log-level", "debug",
 	)
@@ -125,6 +126,7 @@ func (tn *tunnel) startAgent(t *testing.T) {
 		"--tls-private-key-file", tn.certFile("agent-"+nodeName+".key"),
 		"--node-name", nodeName,
 		"--node-ip", nodeIP,
+		"--admin-listen-address", "127.0.0.1:0",
 		"--log-level", "debug",
 	)
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)

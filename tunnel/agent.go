@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // AgentConfig configures an Agent. Start from DefaultAgentConfig.
@@ -20,7 +22,9 @@ type AgentConfig struct {
 	// ServerAddress is the server's agent port, "host:port".
 	ServerAddress string
 	// TLS holds the agent's client certificate and the CA pool (RootCAs)
-	// that verifies the server; ServerName defaults to the address's host.
+	// that verifies the server, or a VerifyConnection that does (as
+	// certs.ClientTLS builds, to follow rotated files); ServerName defaults
+	// to the address's host.
 	TLS *tls.Config
 	// NodeName is the node this agent serves; its certificate must prove it.
 	NodeName string
@@ -40,11 +44,27 @@ type AgentConfig struct {
 	// StableAfter is how long a session must last for the backoff to reset.
 	// Default 30s.
 	StableAfter time.Duration
+	// DrainTimeout is how long tunnels in flight may go on after the
+	// agent's context ends (it has told the server to route nothing new to
+	// it). Default 30s.
+	DrainTimeout time.Duration
 	// Dial, if set, replaces net.Dialer for reaching destinations (a
 	// special network, or a test that must see which agent dialed).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Logger receives the agent's logs. Nil discards them.
 	Logger *slog.Logger
+	// KeepaliveInterval is how often the agent pings the server. Default 15s.
+	KeepaliveInterval time.Duration
+	// KeepaliveTimeout is how long a ping may go unanswered before the
+	// server is taken for dead and the agent reconnects. Default 10s.
+	KeepaliveTimeout time.Duration
+	// Registerer receives the agent's metrics (metrics.go). Nil registers
+	// them nowhere.
+	Registerer prometheus.Registerer
+	// OnRegistered, if set, is called each time a session registers, after
+	// Registered turns true and before the session serves streams (a
+	// service manager's readiness notification, say). It must not block.
+	OnRegistered func()
 }
 
 // DefaultAgentConfig returns an AgentConfig with every default filled in.
@@ -52,9 +72,13 @@ func DefaultAgentConfig() AgentConfig {
 	return AgentConfig{
 		MaxDialTimeout:   30 * time.Second,
 		HandshakeTimeout: 10 * time.Second,
+		DrainTimeout:     30 * time.Second,
 		MinBackoff:       500 * time.Millisecond,
 		MaxBackoff:       30 * time.Second,
 		StableAfter:      30 * time.Second,
+
+		KeepaliveInterval: DefaultKeepaliveInterval,
+		KeepaliveTimeout:  DefaultKeepaliveTimeout,
 	}
 }
 
@@ -66,7 +90,7 @@ func (c *AgentConfig) Validate() error {
 	switch {
 	case c.TLS == nil || len(c.TLS.Certificates) == 0 && c.TLS.GetClientCertificate == nil:
 		return &ConfigError{Field: "TLS", Msg: "a client certificate is required"}
-	case c.TLS.RootCAs == nil:
+	case c.TLS.RootCAs == nil && c.TLS.VerifyConnection == nil:
 		return &ConfigError{Field: "TLS", Msg: "a CA bundle to verify the server is required"}
 	case c.NodeName == "":
 		return &ConfigError{Field: "NodeName", Msg: "is required"}
@@ -76,7 +100,10 @@ func (c *AgentConfig) Validate() error {
 	return errors.Join(
 		checkPositive("MaxDialTimeout", c.MaxDialTimeout),
 		checkPositive("HandshakeTimeout", c.HandshakeTimeout),
-		checkPositive("MinBackoff", c.MinBackoff))
+		checkPositive("DrainTimeout", c.DrainTimeout),
+		checkPositive("MinBackoff", c.MinBackoff),
+		checkPositive("KeepaliveInterval", c.KeepaliveInterval),
+		checkPositive("KeepaliveTimeout", c.KeepaliveTimeout))
 }
 
 // RejectedError is the server's refusal to register the agent.
@@ -90,6 +117,7 @@ type Agent struct {
 	log        *slog.Logger
 	tls        *tls.Config
 	registered atomic.Bool
+	metrics    *agentMetrics
 	wg         sync.WaitGroup // stream handlers
 }
 
@@ -104,7 +132,17 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		t.ServerName, _, _ = net.SplitHostPort(cfg.ServerAddress)
 	}
 	cfg.NodeName = strings.ToLower(cfg.NodeName)
-	return &Agent{cfg: cfg, log: logger(cfg.Logger), tls: t}, nil
+	a := &Agent{cfg: cfg, log: logger(cfg.Logger), tls: t}
+	a.metrics = newAgentMetrics(func() float64 {
+		if a.registered.Load() {
+			return 1
+		}
+		return 0
+	})
+	if err := register(cfg.Registerer, a.metrics.collectors()); err != nil {
+		return nil, err
+	}
+	return a, nil
 }
 
 // Registered reports whether the agent holds a registered session now.
@@ -132,6 +170,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-time.After(wait):
 		}
 		backoff = min(2*backoff, a.cfg.MaxBackoff)
+		a.metrics.reconnects.Inc()
 	}
 }
 
@@ -139,39 +178,55 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) runSession(ctx context.Context) error {
 	hctx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
 	defer cancel()
-	sess, err := dialTLS(hctx, a.cfg.ServerAddress, a.tls)
+	sess, err := dialTLS(hctx, a.cfg.ServerAddress, a.tls, a.cfg.KeepaliveTimeout)
 	if err != nil {
 		return err
 	}
 	defer sess.Close()
-	reply, err := a.hello(hctx, sess)
+	ctrl, reply, err := a.hello(hctx, sess)
 	if err != nil {
 		return err
 	}
 	a.registered.Store(true)
 	defer a.registered.Store(false)
 	a.log.Info("registered", "node", a.cfg.NodeName, "server_id", reply.ServerID, "server", a.cfg.ServerAddress)
-	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	if a.cfg.OnRegistered != nil {
+		a.cfg.OnRegistered()
+	}
+	var streams inflight
+	stop := context.AfterFunc(ctx, func() { a.drain(sess, ctrl, &streams) })
 	defer stop()
+	kaDone := make(chan struct{})
+	defer func() { sess.Close(); <-kaDone }()
+	go func() {
+		defer close(kaDone)
+		keepalive(sess, a.cfg.KeepaliveInterval, a.cfg.KeepaliveTimeout, a.metrics.keepaliveRTT, a.log.With("server", a.cfg.ServerAddress))
+	}()
 	for {
 		st, err := sess.Accept(context.Background())
 		if err != nil {
 			return err
 		}
+		if !streams.begin() { // routed here before the server saw the drain
+			a.respond(st, dialResponse{Result: ResultError, Message: "agent draining"})
+			st.Close()
+			continue
+		}
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
+			defer streams.end()
 			a.serveStream(ctx, st)
 		}()
 	}
 }
 
 // hello opens the control stream and registers; the stream stays open for
-// the session's life.
-func (a *Agent) hello(ctx context.Context, sess Session) (HelloReply, error) {
+// the session's life, and hello returns it.
+func (a *Agent) hello(ctx context.Context, sess Session) (net.Conn, HelloReply, error) {
 	ctrl, err := sess.Open(ctx)
 	if err != nil {
-		return HelloReply{}, err
+		return nil, HelloReply{}, err
 	}
 	if d, ok := ctx.Deadline(); ok {
 		ctrl.SetDeadline(d)
@@ -179,26 +234,26 @@ func (a *Agent) hello(ctx context.Context, sess Session) (HelloReply, error) {
 	h := Hello{Version: ProtocolVersion, Node: a.cfg.NodeName, IPs: a.cfg.NodeIPs,
 		PodCIDRs: a.cfg.PodCIDRs, DefaultRoute: a.cfg.DefaultRoute, Agent: "tunnel-agent"}
 	if err := encodeJSONFrame(ctrl, frameHello, h); err != nil {
-		return HelloReply{}, fmt.Errorf("sending hello: %w", err)
+		return nil, HelloReply{}, fmt.Errorf("sending hello: %w", err)
 	}
 	payload, err := readFrame(ctrl, frameHelloReply)
 	if err != nil {
-		return HelloReply{}, fmt.Errorf("reading hello reply: %w", err)
+		return nil, HelloReply{}, fmt.Errorf("reading hello reply: %w", err)
 	}
 	reply, err := decodeHelloReply(payload)
 	if err != nil {
-		return reply, err
+		return nil, reply, err
 	}
 	if reply.Error == "" && reply.Version != ProtocolVersion {
-		return reply, fmt.Errorf("server answered with protocol version %d; this agent speaks %d", reply.Version, ProtocolVersion)
+		return nil, reply, fmt.Errorf("server answered with protocol version %d; this agent speaks %d", reply.Version, ProtocolVersion)
 	}
 	if reply.Error != "" {
 		err := &RejectedError{Reason: reply.Error}
 		a.log.Error("server rejected registration", "node", a.cfg.NodeName, "reason", reply.Error)
-		return reply, err
+		return nil, reply, err
 	}
 	ctrl.SetDeadline(time.Time{})
-	return reply, nil
+	return ctrl, reply, nil
 }
 
 // serveStream answers one dial request and then carries its bytes.
@@ -212,25 +267,32 @@ func (a *Agent) serveStream(ctx context.Context, st net.Conn) {
 	}
 	req, err := decodeDialRequest(payload)
 	if err != nil {
+		a.metrics.dials.inc(ResultError)
 		a.respond(st, dialResponse{Result: ResultError, Message: err.Error()})
 		st.Close()
 		return
 	}
 	st.SetReadDeadline(time.Time{})
+	start := time.Now()
 	target, err := a.dial(ctx, req)
+	a.metrics.dialTime.Observe(time.Since(start).Seconds())
 	if err != nil {
 		res := classifyDialError(err)
+		a.metrics.dials.inc(res)
 		a.log.Info("dial failed", "dial", req.ID, "dest", req.Address, "result", res, "err", err)
 		a.respond(st, dialResponse{Result: res, Message: err.Error()})
 		st.Close()
 		return
 	}
+	a.metrics.dials.inc(ResultOK)
 	if err := a.respond(st, dialResponse{Result: ResultOK}); err != nil {
 		target.Close()
 		st.Close()
 		return
 	}
-	pipe(st, target, nil, nil)
+	a.metrics.streamsOpen.Inc()
+	defer a.metrics.streamsOpen.Dec()
+	pipe(st, target, a.metrics.toNode, a.metrics.fromNode)
 }
 
 func (a *Agent) respond(st net.Conn, r dialResponse) error {

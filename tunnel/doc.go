@@ -22,6 +22,8 @@
 //	routing.go   destination → agent
 //	frontend.go  the HTTP CONNECT frontend
 //	agent.go     Agent: connect, hello, reconnect, dial on the node
+//	keepalive.go pings that notice a dead peer on a silent network
+//	metrics.go   Prometheus collectors of Server and Agent
 //	copy.go      the copy path
 //	errors.go    dial results and their HTTP statuses
 package tunnel

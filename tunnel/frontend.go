@@ -62,7 +62,7 @@ func (s *Server) handleConnect(c net.Conn) {
 			return
 		}
 		s.log.Info("frontend request rejected", "remote", c.RemoteAddr().String(), "status", re.status, "err", re.msg)
-		writeStatus(c, re.status, re.msg)
+		s.answer(c, re.status, re.msg)
 		return
 	}
 	c.SetReadDeadline(time.Time{})
@@ -71,12 +71,13 @@ func (s *Server) handleConnect(c net.Conn) {
 	if err != nil {
 		var de *DialError
 		if errors.As(err, &de) {
-			writeStatus(c, de.HTTPStatus(), de.Error())
+			s.answer(c, de.HTTPStatus(), de.Error())
 		} else {
-			writeStatus(c, http.StatusBadGateway, err.Error())
+			s.answer(c, http.StatusBadGateway, err.Error())
 		}
 		return
 	}
+	s.metrics.frontendAnswered(http.StatusOK)
 	if _, err := c.Write(connectOK); err != nil {
 		tunnel.Close()
 		return
@@ -86,8 +87,15 @@ func (s *Server) handleConnect(c net.Conn) {
 			tunnel.Close()
 			return
 		}
+		s.metrics.toNode.Add(float64(len(leftover)))
 	}
-	pipe(c, tunnel, nil, nil)
+	pipe(c, tunnel, s.metrics.toNode, s.metrics.fromNode)
+}
+
+// answer writes an error status and counts it.
+func (s *Server) answer(w io.Writer, code int, reason string) {
+	s.metrics.frontendAnswered(code)
+	writeStatus(w, code, reason)
 }
 
 // readConnect reads one CONNECT request of at most max bytes from br and

@@ -106,6 +106,7 @@ func (h *harness) agentConfig(certNode string) AgentConfig {
 		}
 	}
 	cfg.MinBackoff, cfg.MaxBackoff = 20*time.Millisecond, 200*time.Millisecond
+	cfg.DrainTimeout = time.Millisecond // stop is a kill; drain tests set their own
 	cfg.Logger = testLogger(h.t).With("agent", certNode)
 	return cfg
 }

@@ -24,6 +24,7 @@ const (
 	frameHelloReply   byte = 0x02 // server → agent, JSON hello reply
 	frameDialRequest  byte = 0x03 // server → agent, first frame of a dial stream
 	frameDialResponse byte = 0x04 // agent → server, answer to a dial request
+	frameDrain        byte = 0x05 // agent → server, control stream: route nothing new here
 )
 
 const (
@@ -60,18 +61,24 @@ func writeFrame(w io.Writer, typ byte, payload []byte) error {
 // bytes and nothing after them, so raw tunnel bytes that follow a dial
 // response stay in the stream.
 func readFrame(r io.Reader, want byte) ([]byte, error) {
+	typ, payload, err := readAnyFrame(r)
+	if err == nil && typ != want {
+		err = fmt.Errorf("%w: got 0x%02x, want 0x%02x", errFrameType, typ, want)
+	}
+	return payload, err
+}
+
+// readAnyFrame reads one frame, whatever its type, and nothing after it.
+func readAnyFrame(r io.Reader) (typ byte, payload []byte, err error) {
 	var hdr [frameHeaderLen]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return nil, err
+		return 0, nil, err
 	}
-	if hdr[0] != want {
-		return nil, fmt.Errorf("%w: got 0x%02x, want 0x%02x", errFrameType, hdr[0], want)
-	}
-	payload := make([]byte, binary.BigEndian.Uint16(hdr[1:3]))
+	payload = make([]byte, binary.BigEndian.Uint16(hdr[1:3]))
 	if _, err := io.ReadFull(r, payload); err != nil {
-		return nil, fmt.Errorf("tunnel: short frame: %w", err)
+		return hdr[0], nil, fmt.Errorf("tunnel: short frame: %w", err)
 	}
-	return payload, nil
+	return hdr[0], payload, nil
 }
 
 // Hello is the first message of a session, sent by the agent on the

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -27,9 +28,10 @@ func (s *Server) handleAgent(raw net.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
 	defer cancel()
 	remote := raw.RemoteAddr().String()
-	sess, err := acceptTLS(ctx, raw, s.agentTLS)
+	sess, err := acceptTLS(ctx, raw, s.agentTLS, s.cfg.KeepaliveTimeout)
 	if err != nil {
-		s.log.Warn("agent rejected", "remote", remote, "err", err)
+		s.reject(RejectHandshake)
+		s.log.Warn("agent rejected", "remote", remote, "kind", RejectHandshake, "err", err)
 		return
 	}
 	defer sess.Close()
@@ -39,25 +41,47 @@ func (s *Server) handleAgent(raw net.Conn) {
 	defer s.untrack(sess)
 	ctrl, hello, err := readHello(ctx, sess)
 	if err != nil {
-		s.log.Warn("agent rejected", "remote", remote, "subject", sess.Peer().Subject, "err", err)
+		s.reject(RejectHello)
+		s.log.Warn("agent rejected", "remote", remote, "subject", sess.Peer().Subject, "kind", RejectHello, "err", err)
 		return
 	}
 	a, err := s.admit(sess, hello)
 	if err != nil {
-		s.log.Warn("agent rejected", "remote", remote, "node", hello.Node, "err", err)
+		reason := rejectReason(err)
+		s.reject(reason)
+		s.log.Warn("agent rejected", "remote", remote, "node", hello.Node, "kind", reason, "err", err)
 		encodeJSONFrame(ctrl, frameHelloReply, HelloReply{Version: ProtocolVersion, ServerID: s.cfg.ID, Error: err.Error()})
+		// Closing at once could end the session before the agent reads the
+		// reason; the agent closes on reading it, so wait for that a while.
+		ctrl.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+		io.Copy(io.Discard, ctrl)
 		return
 	}
+	// Routes first, so that an agent told it is registered is routable.
+	s.routes.add(a)
 	ctrl.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if err := encodeJSONFrame(ctrl, frameHelloReply, HelloReply{Version: ProtocolVersion, ServerID: s.cfg.ID}); err != nil {
+		s.routes.remove(a)
+		s.reject(RejectHello)
 		s.log.Warn("agent lost during hello", "remote", remote, "node", a.node, "err", err)
 		return
 	}
 	ctrl.SetDeadline(time.Time{})
-	s.routes.add(a)
+	s.metrics.registrations.Inc()
 	s.log.Info("agent registered", "node", a.node, "remote", remote, "ips", a.ips, "podCIDRs", a.cidrs, "defaultRoute", a.defaultRoute)
+	done := make(chan struct{}, 2)
+	go func() {
+		defer func() { done <- struct{}{} }()
+		keepalive(sess, s.cfg.KeepaliveInterval, s.cfg.KeepaliveTimeout, s.metrics.keepaliveRTT, s.log.With("node", a.node, "remote", remote))
+	}()
+	go func() {
+		defer func() { done <- struct{}{} }()
+		s.watchDrain(ctrl, a)
+	}()
 	<-sess.Done()
 	s.routes.remove(a)
+	<-done
+	<-done
 	s.log.Info("agent disconnected", "node", a.node, "remote", remote)
 }
 
@@ -86,34 +110,56 @@ func (s *Server) admit(sess Session, h Hello) (*agentConn, error) {
 	node := strings.ToLower(h.Node)
 	switch {
 	case h.Version != ProtocolVersion:
-		return nil, fmt.Errorf("protocol version %d not supported (server speaks %d)", h.Version, ProtocolVersion)
+		return nil, rejection(RejectVersion, "protocol version %d not supported (server speaks %d)", h.Version, ProtocolVersion)
 	case node == "":
-		return nil, fmt.Errorf("hello names no node")
+		return nil, rejection(RejectIdentity, "hello names no node")
 	case !peer.provesNode(node):
-		return nil, fmt.Errorf("certificate %q does not prove node name %q (want CN=system:node:%s or a DNS SAN %s)", peer.Subject, h.Node, node, node)
+		return nil, rejection(RejectIdentity, "certificate %q does not prove node name %q (want CN=system:node:%s or a DNS SAN %s)", peer.Subject, h.Node, node, node)
 	}
 	a := &agentConn{node: node, sess: sess, defaultRoute: h.DefaultRoute}
 	for _, ip := range h.IPs {
 		ip = ip.Unmap()
 		if !ip.IsValid() {
-			return nil, fmt.Errorf("invalid node IP")
+			return nil, rejection(RejectRoutes, "invalid node IP")
 		}
 		if !s.cfg.TrustAgentRoutes && !peer.provesIP(ip) {
-			return nil, fmt.Errorf("node IP %s is not an IP SAN of the certificate and agent routes are not trusted", ip)
+			return nil, rejection(RejectRoutes, "node IP %s is not an IP SAN of the certificate and agent routes are not trusted", ip)
 		}
 		a.ips = append(a.ips, ip)
 	}
 	for _, p := range h.PodCIDRs {
 		if !p.IsValid() || p != p.Masked() {
-			return nil, fmt.Errorf("pod CIDR %s is not a network address", p)
+			return nil, rejection(RejectRoutes, "pod CIDR %s is not a network address", p)
 		}
 		a.cidrs = append(a.cidrs, netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmapBits(p.Addr())))
 	}
 	if (len(a.cidrs) > 0 || a.defaultRoute) && !s.cfg.TrustAgentRoutes {
-		return nil, fmt.Errorf("pod CIDRs and the default route need trusted agent routes, which this server does not allow")
+		return nil, rejection(RejectRoutes, "pod CIDRs and the default route need trusted agent routes, which this server does not allow")
 	}
 	return a, nil
 }
+
+// admitError is a refused registration and its metric label.
+type admitError struct {
+	reason string // one of the Reject… constants
+	msg    string
+}
+
+func (e *admitError) Error() string { return e.msg }
+
+func rejection(reason, format string, args ...any) error {
+	return &admitError{reason: reason, msg: fmt.Sprintf(format, args...)}
+}
+
+// rejectReason returns the metric label of an admission error.
+func rejectReason(err error) string {
+	if ae, ok := err.(*admitError); ok {
+		return ae.reason
+	}
+	return RejectHello
+}
+
+func (s *Server) reject(reason string) { s.metrics.rejections.WithLabelValues(reason).Inc() }
 
 // unmapBits is the prefix length an IPv4-mapped IPv6 address loses when unmapped.
 func unmapBits(a netip.Addr) int {

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // ServerConfig configures a Server. Start from DefaultServerConfig.
@@ -35,6 +37,15 @@ type ServerConfig struct {
 	HeaderTimeout time.Duration
 	// MaxHeaderBytes bounds a CONNECT request's size. Default 8 KiB.
 	MaxHeaderBytes int
+	// KeepaliveInterval is how often the server pings each agent. Default 15s.
+	KeepaliveInterval time.Duration
+	// KeepaliveTimeout is how long a ping may go unanswered before the
+	// agent is taken for dead, its session closed and its routes removed.
+	// Default 10s.
+	KeepaliveTimeout time.Duration
+	// Registerer receives the server's metrics (metrics.go). Nil registers
+	// them nowhere.
+	Registerer prometheus.Registerer
 	// Logger receives the server's logs. Nil discards them.
 	Logger *slog.Logger
 }
@@ -47,6 +58,9 @@ func DefaultServerConfig() ServerConfig {
 		HandshakeTimeout: 10 * time.Second,
 		HeaderTimeout:    10 * time.Second,
 		MaxHeaderBytes:   8 << 10,
+
+		KeepaliveInterval: DefaultKeepaliveInterval,
+		KeepaliveTimeout:  DefaultKeepaliveTimeout,
 	}
 }
 
@@ -63,7 +77,9 @@ func (c *ServerConfig) Validate() error {
 	return errors.Join(
 		checkPositive("DialTimeout", c.DialTimeout),
 		checkPositive("HandshakeTimeout", c.HandshakeTimeout),
-		checkPositive("HeaderTimeout", c.HeaderTimeout))
+		checkPositive("HeaderTimeout", c.HeaderTimeout),
+		checkPositive("KeepaliveInterval", c.KeepaliveInterval),
+		checkPositive("KeepaliveTimeout", c.KeepaliveTimeout))
 }
 
 // Server accepts agents' sessions, routes tunneled dials to them and serves
@@ -74,11 +90,13 @@ type Server struct {
 	agentTLS *tls.Config
 	routes   *routes
 	dialID   atomic.Uint64
+	metrics  *serverMetrics
 
-	mu     sync.Mutex
-	open   map[any]func() error // listeners and connections to close on Close
-	closed bool
-	wg     sync.WaitGroup
+	mu      sync.Mutex
+	open    map[any]func() error // listeners and connections to close on Close
+	closed  bool
+	wg      sync.WaitGroup
+	tunnels inflight // dials in progress and tunnels open
 }
 
 // NewServer validates cfg and returns a Server ready to Serve.
@@ -92,13 +110,18 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	t := cfg.AgentTLS.Clone()
 	t.MinVersion = tls.VersionTLS13
 	t.ClientAuth = tls.RequireAndVerifyClientCert
-	return &Server{
+	s := &Server{
 		cfg:      cfg,
 		log:      logger(cfg.Logger),
 		agentTLS: t,
 		routes:   newRoutes(),
 		open:     make(map[any]func() error),
-	}, nil
+	}
+	s.metrics = newServerMetrics(func() float64 { return float64(s.routes.count()) })
+	if err := register(cfg.Registerer, s.metrics.collectors()); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // ID returns the server's replica ID.
@@ -132,6 +155,27 @@ func (s *Server) Close() error {
 	return nil
 }
 
+// Shutdown drains the server: new dials fail at once with ResultDraining
+// (the frontend answers 503), while dials in progress and open tunnels go
+// on until they end or ctx ends; then it closes the server as Close does.
+// It returns ctx's error if tunnels were still open when ctx ended.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var err error
+	select {
+	case <-s.tunnels.drain():
+	case <-ctx.Done():
+		err = fmt.Errorf("drain: %w", ctx.Err())
+	}
+	s.Close()
+	return err
+}
+
+// Draining reports whether Shutdown has begun.
+func (s *Server) Draining() bool { return s.tunnels.draining() }
+
+// Tunnels returns the number of dials in progress and tunnels open.
+func (s *Server) Tunnels() int { return s.tunnels.count() }
+
 // track registers closeFn to run at Close; it reports false (and runs
 // closeFn) if the server is already closed.
 func (s *Server) track(key any, closeFn func() error) bool {
@@ -154,8 +198,8 @@ func (s *Server) untrack(key any) {
 // serve runs an accept loop, handing each connection to handle in a
 // goroutine the server owns.
 func (s *Server) serve(ln net.Listener, handle func(net.Conn)) error {
-	if !s.track(ln, ln.Close) {
-		return net.ErrClosed
+	if !s.track(ln, ln.Close) { // the server closed first: as if ln had
+		return nil
 	}
 	defer s.untrack(ln)
 	var backoff time.Duration
@@ -201,7 +245,19 @@ func logger(l *slog.Logger) *slog.Logger {
 func (s *Server) Dial(ctx context.Context, addr string) (net.Conn, error) {
 	id := s.dialID.Add(1)
 	start := time.Now()
-	c, node, err := s.dial(ctx, id, addr)
+	var (
+		c    net.Conn
+		node string
+		err  error
+	)
+	if s.tunnels.begin() {
+		if c, node, err = s.dial(ctx, id, addr); err != nil {
+			s.tunnels.end()
+		}
+	} else {
+		err = &DialError{Result: ResultDraining, Address: addr}
+	}
+	s.metrics.dials.inc(resultOf(err))
 	if err != nil {
 		s.log.Warn("dial failed", "dial", id, "node", node, "dest", addr, "err", err.Error())
 		return nil, err
@@ -215,18 +271,19 @@ func (s *Server) dial(ctx context.Context, id uint64, addr string) (net.Conn, st
 	if err != nil || host == "" || port == "" {
 		return nil, "", &DialError{Result: ResultBadRequest, Address: addr, Detail: "want host:port"}
 	}
+	start := time.Now()
 	a := s.routes.lookup(host)
 	if a == nil {
 		return nil, "", &DialError{Result: ResultNoAgent, Address: addr}
 	}
-	c, err := s.dialVia(ctx, a, id, addr)
+	c, err := s.dialVia(ctx, a, id, addr, start)
 	return c, a.node, err
 }
 
 // dialVia sends a dial request down a new stream of agent a and waits for
 // its answer, within the dial timeout plus a grace period for the answer to
 // travel.
-func (s *Server) dialVia(ctx context.Context, a *agentConn, id uint64, addr string) (net.Conn, error) {
+func (s *Server) dialVia(ctx context.Context, a *agentConn, id uint64, addr string, start time.Time) (net.Conn, error) {
 	timeout := s.cfg.DialTimeout
 	if d, ok := ctx.Deadline(); ok {
 		timeout = min(timeout, time.Until(d))
@@ -235,10 +292,15 @@ func (s *Server) dialVia(ctx context.Context, a *agentConn, id uint64, addr stri
 	if err != nil {
 		return nil, &DialError{Result: ResultError, Address: addr, Detail: "open stream to agent: " + err.Error()}
 	}
-	st.SetDeadline(time.Now().Add(timeout + answerGrace))
+	sent := time.Now()
+	s.metrics.proxyTime.Observe(sent.Sub(start).Seconds())
+	st.SetDeadline(sent.Add(timeout + answerGrace))
 	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	resp, err := exchangeDial(st, dialRequest{ID: id, Timeout: timeout, Address: addr})
+	if err == nil { // the agent answered, whatever the result
+		s.metrics.connectTime.Observe(time.Since(sent).Seconds())
+	}
 	if err == nil && resp.Result != ResultOK {
 		err = &DialError{Result: resp.Result, Address: addr, Timeout: timeout, Detail: resp.Message}
 	} else if err != nil {
@@ -250,7 +312,8 @@ func (s *Server) dialVia(ctx context.Context, a *agentConn, id uint64, addr stri
 	}
 	st.SetDeadline(time.Time{})
 	a.streams.Add(1)
-	return &streamConn{Conn: st, agent: a}, nil
+	s.metrics.streamsOpen.Inc()
+	return &streamConn{Conn: st, agent: a, open: s.metrics.streamsOpen, end: s.tunnels.end}, nil
 }
 
 // answerGrace is how long past the dial timeout the server waits for the
@@ -286,6 +349,8 @@ func streamDialError(ctx context.Context, err error, addr string, timeout time.D
 type streamConn struct {
 	net.Conn
 	agent *agentConn
+	open  prometheus.Gauge // the server's open-streams gauge
+	end   func()           // ends the server's count of the tunnel
 	once  sync.Once
 }
 
@@ -299,8 +364,20 @@ func (c *streamConn) Shrink() {
 }
 
 func (c *streamConn) Close() error {
-	c.once.Do(func() { c.agent.streams.Add(-1) })
+	c.once.Do(func() { c.agent.streams.Add(-1); c.open.Dec(); c.end() })
 	return c.Conn.Close()
+}
+
+// resultOf returns the result of a dial that returned err.
+func resultOf(err error) Result {
+	var de *DialError
+	switch {
+	case err == nil:
+		return ResultOK
+	case errors.As(err, &de):
+		return de.Result
+	}
+	return ResultError
 }
 
 // WaitAgents blocks until at least n agents are registered or ctx ends.

@@ -30,6 +30,11 @@ type Session interface {
 	Done() <-chan struct{}
 	// Peer is the identity the peer's credential proves.
 	Peer() Identity
+	// Ping measures the round-trip time to the peer. If no answer arrives
+	// before ctx ends, the peer is taken for dead: Ping closes the session
+	// at once, without waiting to say goodbye on a network that may be
+	// dropping everything, and returns an error (keepalive.go).
+	Ping(ctx context.Context) (time.Duration, error)
 }
 
 // Identity is what a peer's credential proves, independent of what the peer
@@ -77,21 +82,31 @@ func identityFromCert(cert *x509.Certificate) Identity {
 }
 
 // yamuxConfig returns the yamux settings both ends use (DESIGN.md section 5
-// covers the window size).
+// covers the window size). yamux's own keepalive is off: keepalive.go pings
+// with its own interval and timeout through Session.Ping.
 func yamuxConfig() *yamux.Config {
 	c := yamux.DefaultConfig()
 	c.AcceptBacklog = 1024
-	c.EnableKeepAlive = true
-	c.KeepAliveInterval = 30 * time.Second
+	c.EnableKeepAlive = false
 	c.MaxStreamWindowSize = 1 << 20
 	c.StreamOpenTimeout = 30 * time.Second
 	c.LogOutput = io.Discard
 	return c
 }
 
+// sessionConfig is yamuxConfig for a session whose keepalive pings wait up
+// to pingTimeout: yamux gives up on a ping after its ConnectionWriteTimeout,
+// so that must not be shorter.
+func sessionConfig(pingTimeout time.Duration) *yamux.Config {
+	c := yamuxConfig()
+	c.ConnectionWriteTimeout = max(c.ConnectionWriteTimeout, pingTimeout+time.Second)
+	return c
+}
+
 // yamuxSession adapts a yamux session to Session.
 type yamuxSession struct {
 	s    *yamux.Session
+	raw  net.Conn // the TCP connection under TLS, closed first when the peer is dead
 	peer Identity
 }
 
@@ -118,10 +133,39 @@ func (y *yamuxSession) Close() error          { return y.s.Close() }
 func (y *yamuxSession) Done() <-chan struct{} { return y.s.CloseChan() }
 func (y *yamuxSession) Peer() Identity        { return y.peer }
 
+func (y *yamuxSession) Ping(ctx context.Context) (time.Duration, error) {
+	type answer struct {
+		rtt time.Duration
+		err error
+	}
+	ch := make(chan answer, 1)
+	go func() { // ends within ConnectionWriteTimeout, or when the session closes
+		rtt, err := y.s.Ping()
+		ch <- answer{rtt, err}
+	}()
+	select {
+	case a := <-ch:
+		if a.err != nil {
+			y.abort()
+		}
+		return a.rtt, a.err
+	case <-ctx.Done():
+		y.abort()
+		return 0, context.Cause(ctx)
+	}
+}
+
+// abort closes a session whose peer is gone. Closing the TCP connection
+// first keeps TLS from waiting to send its close alert into a dead network.
+func (y *yamuxSession) abort() {
+	y.raw.Close()
+	y.s.Close()
+}
+
 // dialTLS connects an agent to the server at addr: TCP, TLS 1.3 with the
 // agent's client certificate, then a yamux session on which the server opens
 // streams.
-func dialTLS(ctx context.Context, addr string, cfg *tls.Config) (Session, error) {
+func dialTLS(ctx context.Context, addr string, cfg *tls.Config, pingTimeout time.Duration) (Session, error) {
 	var d net.Dialer
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -132,7 +176,7 @@ func dialTLS(ctx context.Context, addr string, cfg *tls.Config) (Session, error)
 		raw.Close()
 		return nil, fmt.Errorf("tls handshake with %s: %w", addr, err)
 	}
-	s, err := yamux.Client(conn, yamuxConfig())
+	s, err := yamux.Client(conn, sessionConfig(pingTimeout))
 	if err != nil {
 		conn.Close()
 		return nil, err
@@ -141,12 +185,12 @@ func dialTLS(ctx context.Context, addr string, cfg *tls.Config) (Session, error)
 	if pc := conn.ConnectionState().PeerCertificates; len(pc) > 0 {
 		peer = identityFromCert(pc[0])
 	}
-	return &yamuxSession{s: s, peer: peer}, nil
+	return &yamuxSession{s: s, raw: raw, peer: peer}, nil
 }
 
 // acceptTLS completes the server side of an agent connection: the TLS
 // handshake (which verifies the client certificate) within ctx, then yamux.
-func acceptTLS(ctx context.Context, raw net.Conn, cfg *tls.Config) (Session, error) {
+func acceptTLS(ctx context.Context, raw net.Conn, cfg *tls.Config, pingTimeout time.Duration) (Session, error) {
 	conn := newFrameWriter(raw, cfg, tls.Server)
 	if err := conn.HandshakeContext(ctx); err != nil {
 		return nil, fmt.Errorf("tls handshake: %w", err)
@@ -155,9 +199,9 @@ func acceptTLS(ctx context.Context, raw net.Conn, cfg *tls.Config) (Session, err
 	if len(pc) == 0 {
 		return nil, errors.New("tls handshake: no client certificate")
 	}
-	s, err := yamux.Server(conn, yamuxConfig())
+	s, err := yamux.Server(conn, sessionConfig(pingTimeout))
 	if err != nil {
 		return nil, err
 	}
-	return &yamuxSession{s: s, peer: identityFromCert(pc[0])}, nil
+	return &yamuxSession{s: s, raw: raw, peer: identityFromCert(pc[0])}, nil
 }

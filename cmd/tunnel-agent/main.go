@@ -5,11 +5,14 @@
 package main
 
 import (
-	"crypto/tls"
+	"fmt"
+	"net"
 	"os"
 
 	"github.com/spf13/pflag"
 
+	"github.com/tunnel-project/tunnel/certs"
+	"github.com/tunnel-project/tunnel/cmd/internal/admin"
 	"github.com/tunnel-project/tunnel/cmd/internal/cli"
 	"github.com/tunnel-project/tunnel/tunnel"
 )
@@ -24,6 +27,8 @@ type agentFlags struct {
 	nodeIPs, podCIDRs                     []string
 	cfg                                   tunnel.AgentConfig
 	log                                   cli.LogFlags
+	reload                                cli.ReloadFlags
+	admin                                 admin.Flags // ops.go
 }
 
 func (f *agentFlags) bind(fs *pflag.FlagSet) {
@@ -40,7 +45,10 @@ func (f *agentFlags) bind(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.cfg.HandshakeTimeout, "handshake-timeout", f.cfg.HandshakeTimeout, "bound on connecting, TLS and hello")
 	fs.DurationVar(&f.cfg.MinBackoff, "reconnect-min-backoff", f.cfg.MinBackoff, "first wait before reconnecting; doubles up to --reconnect-max-backoff, with jitter")
 	fs.DurationVar(&f.cfg.MaxBackoff, "reconnect-max-backoff", f.cfg.MaxBackoff, "longest wait between reconnects")
+	fs.DurationVar(&f.cfg.DrainTimeout, "drain-timeout", f.cfg.DrainTimeout, "on SIGTERM, how long open tunnels may go on after the server is told to route nothing new here")
+	f.reload.Bind(fs)
 	f.log.Bind(fs)
+	f.bindOps(fs)
 }
 
 // configFlags names the flag bound to each AgentConfig field.
@@ -52,6 +60,10 @@ var configFlags = map[string]string{
 	"HandshakeTimeout": "handshake-timeout",
 	"MinBackoff":       "reconnect-min-backoff",
 	"MaxBackoff":       "reconnect-max-backoff",
+	"DrainTimeout":     "drain-timeout",
+
+	"KeepaliveInterval": "keepalive-interval",
+	"KeepaliveTimeout":  "keepalive-timeout",
 }
 
 func run(args []string) int {
@@ -59,6 +71,10 @@ func run(args []string) int {
 	fs := pflag.NewFlagSet(prog, pflag.ContinueOnError)
 	f.bind(fs)
 	err := cli.Parse(fs, args)
+	if err == nil && f.admin.ShowVersion {
+		admin.PrintVersion(prog)
+		return 0
+	}
 	if err == nil {
 		err = runAgent(&f, fs)
 	}
@@ -79,23 +95,43 @@ func runAgent(f *agentFlags, fs *pflag.FlagSet) error {
 	if f.cfg.Logger, err = f.log.Logger(); err != nil {
 		return err
 	}
-	cert, err := cli.KeyPair("tls-cert-file", f.certFile, f.keyFile)
+	if err := f.reload.Validate(); err != nil {
+		return err
+	}
+	pair, err := cli.ReloadingKeyPair("tls-cert-file", f.certFile, f.keyFile)
 	if err != nil {
 		return err
 	}
-	pool, err := cli.Pool("ca-file", f.caFile)
+	roots, err := cli.ReloadingPool("ca-file", f.caFile)
 	if err != nil {
 		return err
 	}
-	f.cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: f.serverName}
+	serverName := f.serverName
+	if serverName == "" {
+		if serverName, _, err = net.SplitHostPort(f.cfg.ServerAddress); err != nil {
+			return &cli.FlagError{Flag: "server-address", Msg: fmt.Sprintf("%q is not host:port", f.cfg.ServerAddress)}
+		}
+	}
+	f.cfg.TLS = certs.ClientTLS(pair, roots, serverName)
+	// sd_notify: READY=1 each time a session registers, STOPPING=1 on a signal.
+	f.cfg.OnRegistered = func() { cli.NotifyLogged(f.cfg.Logger, "READY=1") }
+	reg := admin.NewRegistry() // ops.go
+	f.cfg.Registerer = reg
 	agent, err := tunnel.NewAgent(f.cfg)
 	if err != nil {
 		return cli.FromConfig(err, configFlags)
 	}
+	loops, adm, err := f.startAdmin(reg, agent, f.cfg.Logger)
+	if err != nil {
+		return err
+	}
+	defer adm.Close()
 	ctx, stop := cli.SignalContext()
 	defer stop()
+	defer cli.NotifyWhenDone(ctx, f.cfg.Logger, "STOPPING=1")() // sd_notify
+	cli.WatchCerts(ctx, f.cfg.Logger, f.reload.Interval, pair, roots)
 	f.cfg.Logger.Info("tunnel-agent started", "node", f.cfg.NodeName, "server", f.cfg.ServerAddress)
-	err = agent.Run(ctx)
+	err = loops.Run(runLoop, func() error { return agent.Run(ctx) })
 	f.cfg.Logger.Info("tunnel-agent stopped")
 	return err
 }

@@ -9,12 +9,17 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"os"
+	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/tunnel-project/tunnel/certs"
+	"github.com/tunnel-project/tunnel/cmd/internal/admin"
 	"github.com/tunnel-project/tunnel/cmd/internal/cli"
 	"github.com/tunnel-project/tunnel/tunnel"
 )
@@ -42,6 +47,9 @@ type serverFlags struct {
 	frontendNames                    []string
 	cfg                              tunnel.ServerConfig
 	log                              cli.LogFlags
+	reload                           cli.ReloadFlags
+	drainTimeout                     time.Duration
+	ops                              opsFlags // ops.go
 }
 
 func (f *serverFlags) bind(fs *pflag.FlagSet) {
@@ -58,7 +66,10 @@ func (f *serverFlags) bind(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.cfg.HandshakeTimeout, "handshake-timeout", f.cfg.HandshakeTimeout, "bound on an agent's TLS handshake and hello")
 	fs.DurationVar(&f.cfg.HeaderTimeout, "connect-header-timeout", f.cfg.HeaderTimeout, "bound on reading a CONNECT request")
 	fs.StringVar(&f.cfg.ID, "server-id", "", "ID of this server replica (default: random)")
+	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long open tunnels may go on while new CONNECTs get 503")
+	f.reload.Bind(fs)
 	f.log.Bind(fs)
+	f.bindOps(fs)
 }
 
 // configFlags names the flag bound to each ServerConfig field.
@@ -67,6 +78,9 @@ var configFlags = map[string]string{
 	"DialTimeout":      "dial-timeout",
 	"HandshakeTimeout": "handshake-timeout",
 	"HeaderTimeout":    "connect-header-timeout",
+
+	"KeepaliveInterval": "keepalive-interval",
+	"KeepaliveTimeout":  "keepalive-timeout",
 }
 
 func runServer(args []string) int {
@@ -74,6 +88,10 @@ func runServer(args []string) int {
 	fs := pflag.NewFlagSet(prog, pflag.ContinueOnError)
 	f.bind(fs)
 	err := cli.Parse(fs, args)
+	if err == nil && f.ops.admin.ShowVersion {
+		admin.PrintVersion(prog)
+		return 0
+	}
 	if err == nil {
 		err = serve(&f, fs)
 	}
@@ -97,39 +115,67 @@ func serve(f *serverFlags, fs *pflag.FlagSet) error {
 		return err
 	}
 	f.cfg.Logger = log
-	cert, err := cli.KeyPair("tls-cert-file", f.certFile, f.keyFile)
+	if f.drainTimeout < 0 {
+		return &cli.FlagError{Flag: "drain-timeout", Msg: "must not be negative"}
+	}
+	if err := f.reload.Validate(); err != nil {
+		return err
+	}
+	pair, err := cli.ReloadingKeyPair("tls-cert-file", f.certFile, f.keyFile)
 	if err != nil {
 		return err
 	}
-	agentCAs, err := cli.Pool("agent-ca-file", f.agentCA)
+	agentCAs, err := cli.ReloadingPool("agent-ca-file", f.agentCA)
 	if err != nil {
 		return err
 	}
-	f.cfg.AgentTLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: agentCAs}
+	f.cfg.AgentTLS = certs.ServerTLS(pair, agentCAs)
+	reloading := []cli.Reloader{pair, agentCAs}
+	reg := admin.NewRegistry() // ops.go
+	if err := f.checkOps(reg); err != nil {
+		return err
+	}
 	srv, err := tunnel.NewServer(f.cfg)
 	if err != nil {
 		return cli.FromConfig(err, configFlags)
 	}
 	defer srv.Close()
-	listeners, err := f.listen(cert)
+	listeners, frontendCAs, err := f.listen(pair)
 	if err != nil {
 		return err
 	}
+	if frontendCAs != nil {
+		reloading = append(reloading, frontendCAs)
+	}
+	loops, adm, err := f.startAdmin(reg, srv, listeners, log) // ops.go
+	if err != nil {
+		return err
+	}
+	defer adm.Close()
 	ctx, stop := cli.SignalContext()
 	defer stop()
 	errc := make(chan error, len(listeners))
 	for _, l := range listeners {
 		log.Info("listening", "listener", l.name, "addr", l.ln.Addr().String())
-		go func() { errc <- l.serve(srv, l.ln) }()
+		go func() { errc <- loops.Run(l.name, func() error { return l.serve(srv, l.ln) }) }()
 	}
 	log.Info("tunnel-server started", "server_id", srv.ID())
+	cli.NotifyLogged(log, "READY=1") // sd_notify: every listener is up
+	cli.WatchCerts(ctx, log, f.reload.Interval, reloading...)
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down")
-		return nil
 	case err := <-errc:
 		return err
 	}
+	cli.NotifyLogged(log, "STOPPING=1") // sd_notify
+	log.Info("draining: new CONNECTs get 503", "tunnels", srv.Tunnels(), "timeout", f.drainTimeout)
+	dctx, cancel := context.WithTimeout(context.Background(), f.drainTimeout)
+	defer cancel()
+	if err := srv.Shutdown(dctx); err != nil {
+		log.Warn("drain timeout passed; closed the tunnels still open", "err", err)
+	}
+	log.Info("tunnel-server stopped")
+	return nil
 }
 
 type listener struct {
@@ -138,9 +184,10 @@ type listener struct {
 	serve func(*tunnel.Server, net.Listener) error
 }
 
-// listen opens the agent port and the frontends; on error it closes what
-// it opened.
-func (f *serverFlags) listen(cert tls.Certificate) (out []listener, err error) {
+// listen opens the agent port and the frontends, and returns the TCP
+// frontend's reloading CA bundle if it has one; on error it closes what it
+// opened.
+func (f *serverFlags) listen(pair *certs.Reloading[tls.Certificate]) (out []listener, cas *certs.Reloading[*x509.CertPool], err error) {
 	defer func() {
 		if err != nil {
 			for _, l := range out {
@@ -150,33 +197,28 @@ func (f *serverFlags) listen(cert tls.Certificate) (out []listener, err error) {
 	}()
 	ln, err := net.Listen("tcp", f.agentAddr)
 	if err != nil {
-		return nil, &cli.FlagError{Flag: "agent-listen-address", Msg: err.Error()}
+		return nil, nil, &cli.FlagError{Flag: "agent-listen-address", Msg: err.Error()}
 	}
 	out = append(out, listener{"agent", ln, (*tunnel.Server).ServeAgents})
 	if f.udsPath != "" {
 		ln, err := tunnel.ListenUnix(f.udsPath, 0o600)
 		if err != nil {
-			return out, &cli.FlagError{Flag: "uds-path", Msg: err.Error()}
+			return out, nil, &cli.FlagError{Flag: "uds-path", Msg: err.Error()}
 		}
 		out = append(out, listener{"uds", ln, (*tunnel.Server).ServeConnect})
 	}
 	if f.frontendAddr != "" {
-		cas, err := cli.Pool("frontend-ca-file", f.frontendCA)
-		if err != nil {
-			return out, err
+		if cas, err = cli.ReloadingPool("frontend-ca-file", f.frontendCA); err != nil {
+			return out, nil, err
 		}
 		ln, err := net.Listen("tcp", f.frontendAddr)
 		if err != nil {
-			return out, &cli.FlagError{Flag: "frontend-listen-address", Msg: err.Error()}
+			return out, nil, &cli.FlagError{Flag: "frontend-listen-address", Msg: err.Error()}
 		}
-		tlsLn := tls.NewListener(ln, &tls.Config{
-			Certificates:     []tls.Certificate{cert},
-			ClientCAs:        cas,
-			ClientAuth:       tls.RequireAndVerifyClientCert,
-			VerifyConnection: tunnel.FrontendClientPolicy(f.frontendNames),
-			MinVersion:       tls.VersionTLS12,
-		})
-		out = append(out, listener{"frontend", tlsLn, (*tunnel.Server).ServeConnect})
+		cfg := certs.ServerTLS(pair, cas)
+		cfg.VerifyConnection = tunnel.FrontendClientPolicy(f.frontendNames)
+		cfg.MinVersion = tls.VersionTLS12 // kube-apiserver's client may be configured for 1.2
+		out = append(out, listener{"frontend", tls.NewListener(ln, cfg), (*tunnel.Server).ServeConnect})
 	}
-	return out, nil
+	return out, cas, nil
 }

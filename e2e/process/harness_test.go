@@ -348,6 +348,7 @@ type server struct {
 	agentAddr    string // host:port for agents
 	udsPath      string // unix socket frontend, if any
 	frontendAddr string // TCP+mTLS frontend, if any
+	adminAddr    string // metrics and health endpoints
 }
 
 // listeningRE matches the server's listener lines; see listenerAddr.
@@ -368,8 +369,9 @@ func startServer(t *testing.T, cs *certSet, o serverOpts) *server {
 		"--tls-private-key-file", cs.path("server.key"),
 		"--agent-ca-file", cs.ca(),
 		"--dial-timeout", serverDialWait,
+		"--admin-listen-address", "127.0.0.1:0",
 	}
-	want := []string{"agent"}
+	want := []string{"agent", "admin"}
 	if !o.noUDS {
 		s.udsPath = socketPath(t)
 		args = append(args, "--uds-path", s.udsPath)
@@ -383,7 +385,7 @@ func startServer(t *testing.T, cs *certSet, o serverOpts) *server {
 	argv := append(append(append([]string{}, o.wrap...), serverBin()), append(args, o.extra...)...)
 	s.proc = startProc(t, "tunnel-server", nil, argv...)
 	addrs := s.waitListeners(t, want)
-	s.agentAddr, s.frontendAddr = addrs["agent"], addrs["frontend"]
+	s.agentAddr, s.frontendAddr, s.adminAddr = addrs["agent"], addrs["frontend"], addrs["admin"]
 	if !o.noUDS && addrs["uds"] != s.udsPath {
 		t.Fatalf("server logged uds addr %q, want %q", addrs["uds"], s.udsPath)
 	}
@@ -466,7 +468,8 @@ func agentArgv(s *server, o agentOpts) []string {
 		"--ca-file", s.certs.ca(),
 		"--tls-cert-file", s.certs.agentCert(certNode),
 		"--tls-private-key-file", s.certs.agentKey(certNode),
-		"--node-name", o.node)
+		"--node-name", o.node,
+		"--admin-listen-address", "127.0.0.1:0")
 	for _, ip := range o.nodeIPs {
 		argv = append(argv, "--node-ip", ip)
 	}

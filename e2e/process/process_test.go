@@ -276,6 +276,7 @@ func TestFlagMistakes(t *testing.T) {
 			"--tls-private-key-file": cs.path("server.key"),
 			"--agent-ca-file":        cs.ca(),
 			"--uds-path":             socketPath(t),
+			"--admin-listen-address": "127.0.0.1:0",
 		}
 	}
 	agent := func(*testing.T) map[string]string {
@@ -286,6 +287,7 @@ func TestFlagMistakes(t *testing.T) {
 			"--tls-private-key-file": cs.agentKey(nodeA),
 			"--node-name":            nodeA,
 			"--node-ip":              nodeAIP,
+			"--admin-listen-address": "127.0.0.1:0",
 		}
 	}
 	cases := []struct {
@@ -319,6 +321,13 @@ func TestFlagMistakes(t *testing.T) {
 		{"server --frontend-listen-address without --frontend-ca-file", serverBin, server, "",
 			[]string{"--frontend-listen-address=127.0.0.1:0"}, "frontend-ca-file"},
 		{"server unknown flag", serverBin, server, "", []string{"--no-such-flag=1"}, "no-such-flag"},
+		{"server --admin-listen-address without port", serverBin, server, "", []string{"--admin-listen-address=nonsense"}, "admin-listen-address"},
+		{"server --ready-min-agents=-1", serverBin, server, "", []string{"--ready-min-agents=-1"}, "ready-min-agents"},
+		{"server --keepalive-interval=0", serverBin, server, "", []string{"--keepalive-interval=0"}, "keepalive-interval"},
+		{"server --keepalive-timeout=-1s", serverBin, server, "", []string{"--keepalive-timeout=-1s"}, "keepalive-timeout"},
+		{"agent --keepalive-interval=0", agentBin, agent, "", []string{"--keepalive-interval=0"}, "keepalive-interval"},
+		{"agent --keepalive-timeout=0", agentBin, agent, "", []string{"--keepalive-timeout=0"}, "keepalive-timeout"},
+		{"agent --admin-listen-address without port", agentBin, agent, "", []string{"--admin-listen-address=nonsense"}, "admin-listen-address"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -4,8 +4,6 @@ package cli
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -17,7 +15,6 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/tunnel-project/tunnel/certs"
 	"github.com/tunnel-project/tunnel/tunnel"
 )
 
@@ -117,24 +114,6 @@ func (l *LogFlags) Logger() (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
 	}
 	return nil, &FlagError{Flag: "log-format", Msg: fmt.Sprintf("%q is not text or json", l.Format)}
-}
-
-// KeyPair loads a certificate and key, blaming certFlag for errors.
-func KeyPair(certFlag, certFile, keyFile string) (tls.Certificate, error) {
-	c, err := certs.LoadKeyPair(certFile, keyFile)
-	if err != nil {
-		return c, &FlagError{Flag: certFlag, Msg: err.Error()}
-	}
-	return c, nil
-}
-
-// Pool loads a CA bundle, blaming flag for errors.
-func Pool(flag, file string) (*x509.CertPool, error) {
-	p, err := certs.LoadPool(file)
-	if err != nil {
-		return nil, &FlagError{Flag: flag, Msg: err.Error()}
-	}
-	return p, nil
 }
 
 // IPs parses repeated IP flag values.

@@ -1,0 +1,80 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/pflag"
+
+	"github.com/tunnel-project/tunnel/cmd/internal/admin"
+	"github.com/tunnel-project/tunnel/cmd/internal/cli"
+	"github.com/tunnel-project/tunnel/tunnel"
+)
+
+// Operations: the admin listener (metrics, health, pprof), readiness and
+// keepalive flags. main.go calls bindOps, and startAdmin once the
+// listeners are open.
+
+// opsFlags are the server's operational flags beyond its ServerConfig.
+type opsFlags struct {
+	admin          admin.Flags
+	readyMinAgents int
+}
+
+// bindOps adds the admin, readiness and keepalive flags.
+func (f *serverFlags) bindOps(fs *pflag.FlagSet) {
+	f.ops.admin.Bind(fs, "127.0.0.1:8133")
+	fs.IntVar(&f.ops.readyMinAgents, "ready-min-agents", 1, "/readyz fails until at least this many agents are registered")
+	fs.DurationVar(&f.cfg.KeepaliveInterval, "keepalive-interval", f.cfg.KeepaliveInterval, "how often to ping each agent")
+	fs.DurationVar(&f.cfg.KeepaliveTimeout, "keepalive-timeout", f.cfg.KeepaliveTimeout, "how long a ping may go unanswered before the agent is dropped and its routes removed")
+}
+
+// checkOps validates the operational flags and points cfg at reg.
+func (f *serverFlags) checkOps(reg prometheus.Registerer) error {
+	if f.ops.readyMinAgents < 0 {
+		return &cli.FlagError{Flag: "ready-min-agents", Msg: fmt.Sprintf("must not be negative, not %d", f.ops.readyMinAgents)}
+	}
+	f.cfg.Registerer = reg
+	return nil
+}
+
+// startAdmin starts the admin listener for srv, whose listeners' serving
+// loops run under loops. On error it closes the listeners.
+func (f *serverFlags) startAdmin(reg *prometheus.Registry, srv *tunnel.Server, listeners []listener, log *slog.Logger) (*admin.Loops, *admin.Server, error) {
+	names := make([]string, len(listeners))
+	for i, l := range listeners {
+		names[i] = l.name
+	}
+	loops := admin.NewLoops(names...)
+	adm, err := admin.Start(f.ops.admin, admin.NewHandler(reg, serverHealth(srv, loops, f.ops.readyMinAgents), f.ops.admin.Profiling), log)
+	if err != nil {
+		for _, l := range listeners {
+			l.ln.Close()
+		}
+	}
+	return loops, adm, err
+}
+
+// serverHealth: live while every listener's loop runs; ready when, besides,
+// at least minAgents agents are registered.
+func serverHealth(srv *tunnel.Server, loops *admin.Loops, minAgents int) admin.Health {
+	serving := admin.Check{Name: "listeners", Fn: loops.Check}
+	agents := admin.Check{Name: "agents", Fn: func() error {
+		if n := srv.Agents(); n < minAgents {
+			return fmt.Errorf("%d of at least %d agents registered", n, minAgents)
+		}
+		return nil
+	}}
+	draining := admin.Check{Name: "not-draining", Fn: func() error {
+		if srv.Draining() {
+			return errors.New("draining: new CONNECTs get 503")
+		}
+		return nil
+	}}
+	return admin.Health{
+		Live:  []admin.Check{admin.Ping, serving},
+		Ready: []admin.Check{serving, agents, draining},
+	}
+}

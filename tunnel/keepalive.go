@@ -1,0 +1,66 @@
+package tunnel
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Keepalive defaults, the same on both ends.
+const (
+	DefaultKeepaliveInterval = 15 * time.Second
+	DefaultKeepaliveTimeout  = 10 * time.Second
+)
+
+// keepalive pings the peer of sess every interval until the session ends.
+// A ping left unanswered for timeout means the peer is gone — a crashed
+// host or a network that silently drops packets leaves the socket open, so
+// nothing else would notice — and keepalive closes the session, which fails
+// every stream on it at once. A dead peer is therefore noticed at most
+// interval + timeout after its last sign of life. Each round-trip time is
+// observed in rtt.
+//
+// Both ends run it, so each notices on its own: the server removes the
+// agent's routes, the agent reconnects.
+func keepalive(sess Session, interval, timeout time.Duration, rtt prometheus.Observer, log *slog.Logger) {
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-sess.Done():
+			return
+		case <-t.C:
+		}
+		if closed(sess) {
+			return
+		}
+		d, err := ping(sess, timeout) // a ping that fails closes the session
+		if err != nil {
+			log.Warn("keepalive failed; closing session", "err", err.Error(), "timeout", timeout)
+			sess.Close()
+			return
+		}
+		rtt.Observe(d.Seconds())
+		t.Reset(interval)
+	}
+}
+
+func closed(sess Session) bool {
+	select {
+	case <-sess.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// ping sends one ping and waits at most timeout for its answer.
+func ping(sess Session, timeout time.Duration) (time.Duration, error) {
+	ctx, cancel := context.WithTimeoutCause(context.Background(), timeout,
+		fmt.Errorf("no answer to a keepalive ping within %s", timeout))
+	defer cancel()
+	return sess.Ping(ctx)
+}

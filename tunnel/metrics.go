@@ -1,0 +1,208 @@
+package tunnel
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics (DESIGN.md section 6). Each Server and Agent owns one set of
+// collectors and registers them on the prometheus.Registerer of its config,
+// so one process (a test) can run many of each. No series carries a node
+// label: a 5,000-node cluster would make every one of them 5,000 wide.
+
+// Label values of tunnel_{server,agent}_bytes_total{direction}.
+const (
+	DirectionToNode   = "to_node"   // toward the destination on the node
+	DirectionFromNode = "from_node" // from the destination back to the control plane
+)
+
+// Label values of tunnel_server_dial_duration_seconds{stage}, the split
+// kube-apiserver's own egress metrics use.
+const (
+	StageProxy   = "proxy"   // choosing the agent and opening a stream to it
+	StageConnect = "connect" // from the dial request to the agent's answer
+)
+
+// Label values of tunnel_server_agent_rejections_total{reason}.
+const (
+	RejectHandshake = "handshake" // TLS handshake failed (no or bad client certificate, timeout)
+	RejectHello     = "hello"     // no control stream, or no well-formed hello in time
+	RejectVersion   = "version"   // a protocol version the server does not speak
+	RejectIdentity  = "identity"  // the certificate does not prove the node name
+	RejectRoutes    = "routes"    // IPs, pod CIDRs or default route the server will not accept
+)
+
+var rejectReasons = []string{RejectHandshake, RejectHello, RejectVersion, RejectIdentity, RejectRoutes}
+
+// frontendCodes are the statuses the CONNECT frontend answers with; their
+// series exist from the start, at zero.
+var frontendCodes = []int{200, 400, 403, 405, 431, 502, 503, 504}
+
+// Buckets, in seconds.
+var (
+	dialBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+	rttBuckets  = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+)
+
+// resultCounters holds one counter per dial result, created up front so that
+// every result's series exists at zero and counting needs no label lookup.
+type resultCounters [len(resultNames)]prometheus.Counter
+
+func newResultCounters(vec *prometheus.CounterVec) *resultCounters {
+	var rc resultCounters
+	for i, name := range resultNames {
+		rc[i] = vec.WithLabelValues(name)
+	}
+	return &rc
+}
+
+func (rc *resultCounters) inc(r Result) {
+	if int(r) >= len(rc) {
+		r = ResultError
+	}
+	rc[r].Inc()
+}
+
+// serverMetrics are a Server's collectors.
+type serverMetrics struct {
+	agents        prometheus.GaugeFunc
+	registrations prometheus.Counter
+	rejections    *prometheus.CounterVec
+	streamsOpen   prometheus.Gauge
+	dialsVec      *prometheus.CounterVec
+	dials         *resultCounters
+	durationVec   *prometheus.HistogramVec
+	proxyTime     prometheus.Observer
+	connectTime   prometheus.Observer
+	bytesVec      *prometheus.CounterVec
+	toNode        prometheus.Counter
+	fromNode      prometheus.Counter
+	frontendVec   *prometheus.CounterVec
+	keepaliveRTT  prometheus.Histogram
+}
+
+// newServerMetrics creates a server's collectors; agents reports the number
+// of registered agents when scraped.
+func newServerMetrics(agents func() float64) *serverMetrics {
+	m := &serverMetrics{
+		agents: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tunnel_server_agents_connected", Help: "Agent sessions registered now.",
+		}, agents),
+		registrations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tunnel_server_agent_registrations_total", Help: "Agent registrations accepted.",
+		}),
+		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tunnel_server_agent_rejections_total", Help: "Agent connections refused, by reason.",
+		}, []string{"reason"}),
+		streamsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tunnel_server_streams_open", Help: "Tunneled connections open now.",
+		}),
+		dialsVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tunnel_server_dials_total", Help: "Tunneled dials, by result.",
+		}, []string{"result"}),
+		durationVec: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tunnel_server_dial_duration_seconds",
+			Help:    "Dial latency by stage: proxy (choose the agent, open a stream), connect (dial request to the agent's answer).",
+			Buckets: dialBuckets,
+		}, []string{"stage"}),
+		bytesVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tunnel_server_bytes_total", Help: "Tunneled bytes, by direction (to_node, from_node).",
+		}, []string{"direction"}),
+		frontendVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tunnel_server_frontend_requests_total", Help: "CONNECT requests answered, by HTTP status code.",
+		}, []string{"code"}),
+		keepaliveRTT: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "tunnel_server_keepalive_rtt_seconds", Help: "Round-trip time of keepalive pings to agents.", Buckets: rttBuckets,
+		}),
+	}
+	m.dials = newResultCounters(m.dialsVec)
+	m.proxyTime = m.durationVec.WithLabelValues(StageProxy)
+	m.connectTime = m.durationVec.WithLabelValues(StageConnect)
+	m.toNode = m.bytesVec.WithLabelValues(DirectionToNode)
+	m.fromNode = m.bytesVec.WithLabelValues(DirectionFromNode)
+	for _, r := range rejectReasons {
+		m.rejections.WithLabelValues(r)
+	}
+	for _, c := range frontendCodes {
+		m.frontendVec.WithLabelValues(strconv.Itoa(c))
+	}
+	return m
+}
+
+func (m *serverMetrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.agents, m.registrations, m.rejections, m.streamsOpen,
+		m.dialsVec, m.durationVec, m.bytesVec, m.frontendVec, m.keepaliveRTT}
+}
+
+func (m *serverMetrics) frontendAnswered(code int) {
+	m.frontendVec.WithLabelValues(strconv.Itoa(code)).Inc()
+}
+
+// agentMetrics are an Agent's collectors.
+type agentMetrics struct {
+	registered   prometheus.GaugeFunc
+	streamsOpen  prometheus.Gauge
+	dialsVec     *prometheus.CounterVec
+	dials        *resultCounters
+	dialTime     prometheus.Histogram
+	bytesVec     *prometheus.CounterVec
+	toNode       prometheus.Counter
+	fromNode     prometheus.Counter
+	reconnects   prometheus.Counter
+	keepaliveRTT prometheus.Histogram
+}
+
+// newAgentMetrics creates an agent's collectors; registered reports 1 while
+// the agent holds a registered session.
+func newAgentMetrics(registered func() float64) *agentMetrics {
+	m := &agentMetrics{
+		registered: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tunnel_agent_registered", Help: "1 while the agent holds a registered session, else 0.",
+		}, registered),
+		streamsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tunnel_agent_streams_open", Help: "Tunneled connections open now.",
+		}),
+		dialsVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tunnel_agent_dials_total", Help: "Dials of destinations on the node, by result.",
+		}, []string{"result"}),
+		dialTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "tunnel_agent_dial_duration_seconds", Help: "Time to dial a destination on the node.", Buckets: dialBuckets,
+		}),
+		bytesVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tunnel_agent_bytes_total", Help: "Tunneled bytes, by direction (to_node: toward the destination).",
+		}, []string{"direction"}),
+		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tunnel_agent_reconnects_total", Help: "Connection attempts after the first, following a failed or ended session.",
+		}),
+		keepaliveRTT: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "tunnel_agent_keepalive_rtt_seconds", Help: "Round-trip time of keepalive pings to the server.", Buckets: rttBuckets,
+		}),
+	}
+	m.dials = newResultCounters(m.dialsVec)
+	m.toNode = m.bytesVec.WithLabelValues(DirectionToNode)
+	m.fromNode = m.bytesVec.WithLabelValues(DirectionFromNode)
+	return m
+}
+
+func (m *agentMetrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.registered, m.streamsOpen, m.dialsVec, m.dialTime,
+		m.bytesVec, m.reconnects, m.keepaliveRTT}
+}
+
+// register registers cs on reg; a nil reg registers nothing (the collectors
+// still count, unseen). On error it unregisters what it registered.
+func register(reg prometheus.Registerer, cs []prometheus.Collector) error {
+	if reg == nil {
+		return nil
+	}
+	for i, c := range cs {
+		if err := reg.Register(c); err != nil {
+			for _, done := range cs[:i] {
+				reg.Unregister(done)
+			}
+			return &ConfigError{Field: "Registerer", Msg: err.Error()}
+		}
+	}
+	return nil
+}
