@@ -94,6 +94,12 @@ func yamuxConfig() *yamux.Config {
 	return c
 }
 
+// serverAcceptBacklog bounds the streams an agent may open that the server
+// has not accepted. The server accepts only the control stream, so an
+// agent that opens more can pin at most this many receive windows of
+// memory; yamux resets the rest.
+const serverAcceptBacklog = 4
+
 // sessionConfig is yamuxConfig for a session whose keepalive pings wait up
 // to pingTimeout: yamux gives up on a ping after its ConnectionWriteTimeout,
 // so that must not be shorter.
@@ -199,7 +205,9 @@ func acceptTLS(ctx context.Context, raw net.Conn, cfg *tls.Config, pingTimeout t
 	if len(pc) == 0 {
 		return nil, errors.New("tls handshake: no client certificate")
 	}
-	s, err := yamux.Server(conn, sessionConfig(pingTimeout))
+	ycfg := sessionConfig(pingTimeout)
+	ycfg.AcceptBacklog = serverAcceptBacklog
+	s, err := yamux.Server(conn, ycfg)
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/yamux"
 )
 
 // recordingDial returns a Dial hook that notes which agent dialed what, and
@@ -420,5 +422,37 @@ func TestFrontendTCPRequiresClientCertificate(t *testing.T) {
 		if _, err = c.Read(make([]byte, 1)); err == nil {
 			t.Errorf("a client with %s got an answer", name)
 		}
+	}
+}
+
+// TestServerResetsStreamsAgentsOpen: the server accepts only an agent's
+// control stream, so streams an agent opens beyond a small backlog are
+// reset instead of each pinning a receive window of server memory.
+func TestServerResetsStreamsAgentsOpen(t *testing.T) {
+	h := newHarness(t, nil)
+	cfg := h.agentConfig("node-a")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	sess, err := dialTLS(ctx, h.agentAddr, cfg.TLS, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	const opened = 20
+	reset := 0
+	for i := range opened {
+		st, err := sess.Open(ctx)
+		if err != nil {
+			t.Fatalf("open stream %d: %v", i, err)
+		}
+		defer st.Close()
+		st.Write([]byte("x"))
+		st.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		if _, err := st.Read(make([]byte, 1)); errors.Is(err, yamux.ErrConnectionReset) {
+			reset++
+		}
+	}
+	if want := opened - 1 - serverAcceptBacklog; reset < want {
+		t.Fatalf("%d of %d agent-opened streams reset, want at least %d", reset, opened, want)
 	}
 }
