@@ -2,108 +2,23 @@ package tunnel
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// freezeProxy forwards TCP to a fixed address. freeze makes every
-// connection carried so far go silent — nothing more is forwarded either
-// way, yet no socket is closed — which is what a peer behind a network that
-// drops every packet looks like. New connections are forwarded normally.
-type freezeProxy struct {
-	ln     net.Listener
-	mu     sync.Mutex
-	conns  []net.Conn
-	frozen chan struct{} // closed by freeze: the copies carried so far stop
-	wg     sync.WaitGroup
-}
-
-func startFreezeProxy(t *testing.T, to string) *freezeProxy {
-	p := &freezeProxy{ln: listenTCP(t, "127.0.0.1:0"), frozen: make(chan struct{})}
-	p.wg.Add(1)
-	go p.acceptLoop(to)
-	t.Cleanup(func() {
-		p.ln.Close()
-		p.mu.Lock()
-		for _, c := range p.conns {
-			c.Close()
-		}
-		p.mu.Unlock()
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *freezeProxy) acceptLoop(to string) {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		up, err := net.Dial("tcp", to)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns = append(p.conns, c, up)
-		frozen := p.frozen
-		p.mu.Unlock()
-		p.wg.Add(2)
-		go p.forward(up, c, frozen)
-		go p.forward(c, up, frozen)
-	}
-}
-
-// forward copies src to dst until either fails or frozen is closed; once
-// frozen it neither reads nor writes, and leaves both sockets open.
-func (p *freezeProxy) forward(dst, src net.Conn, frozen chan struct{}) {
-	defer p.wg.Done()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		select {
-		case <-frozen:
-			return
-		default:
-		}
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			dst.Close()
-			return
-		}
-	}
-}
-
-// freeze silences every connection carried so far, and makes later ones
-// forward normally.
-func (p *freezeProxy) freeze() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	close(p.frozen)
-	p.frozen = make(chan struct{})
-}
-
-// keepaliveCase runs a server and an agent through a freezeProxy with the
+// keepaliveCase runs a server and an agent through a relay with the
 // given keepalive settings.
-func keepaliveCase(t *testing.T, srvInterval, agentInterval, timeout time.Duration) (*harness, *runningAgent, *freezeProxy, *prometheus.Registry) {
+func keepaliveCase(t *testing.T, srvInterval, agentInterval, timeout time.Duration) (*harness, *runningAgent, *relay, *prometheus.Registry) {
 	reg := prometheus.NewRegistry()
 	h := newHarness(t, func(c *ServerConfig) {
 		c.KeepaliveInterval, c.KeepaliveTimeout = srvInterval, timeout
 		c.Registerer = reg
 	})
-	proxy := startFreezeProxy(t, h.agentAddr)
+	proxy := startRelay(t, h.agentAddr)
 	cfg := h.agentConfig("node-a")
 	cfg.ServerAddress = proxy.ln.Addr().String()
 	cfg.KeepaliveInterval, cfg.KeepaliveTimeout = agentInterval, timeout
