@@ -2,7 +2,7 @@
 # `make test` runs every test CI runs.
 GO ?= go
 
-.PHONY: all build demo test test-unit test-e2e fuzz fuzz-smoke vet fmt-check bench bench-smoke clean
+.PHONY: all build demo test test-unit test-e2e fuzz fuzz-smoke churn faults vet fmt-check bench bench-smoke clean
 
 all: build
 
@@ -41,7 +41,8 @@ test-e2e:
 # a time: very short -fuzztime runs can end in a spurious "context deadline
 # exceeded"), long with
 # `make fuzz FUZZTIME=30m`.
-FUZZ_TARGETS = FuzzReadConnect FuzzDecodeDialRequest FuzzDecodeDialResponse FuzzDecodeHello
+FUZZ_TARGETS = FuzzReadConnect FuzzDecodeDialRequest FuzzDecodeDialResponse FuzzDecodeHello \
+	FuzzDecodeHelloReply FuzzReadFrame FuzzAdmitHello
 FUZZTIME ?= 10m
 
 fuzz-smoke:
@@ -52,6 +53,19 @@ fuzz:
 		echo "fuzz $$t for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) ./tunnel/ || exit 1; \
 	done
+
+# The long runs of two tests `make test` runs short (README "Testing"):
+# TestChurn with 100,000 tunnels instead of 5,000 (without -race, a few
+# minutes), and the fault tests across network namespaces with 64 MiB
+# instead of 8 MiB per transfer over the lossy link (needs root).
+CHURN_TUNNELS ?= 100000
+FAULT_BYTES ?= 67108864
+
+churn:
+	$(GO) test -count=1 -v -timeout 60m -run '^TestChurn$$' ./tunnel/ -churn.tunnels=$(CHURN_TUNNELS)
+
+faults:
+	cd e2e && $(GO) test -race -count=1 -v -timeout 30m -run 'TestNetns|TestImpaired|Killed' ./process/ -impair.bytes=$(FAULT_BYTES)
 
 # The load tool against a local server, agent and target it starts itself
 # (README "Benchmarks"): the full run takes a few minutes and writes its

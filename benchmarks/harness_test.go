@@ -32,6 +32,8 @@ type inProcess struct {
 	tunnel ConnectDialer
 	direct DirectDialer
 	stops  []func()
+
+	sshTunnel ConnectDialer // the tunnel path over the SSH transport (ssh_test.go)
 }
 
 var (
@@ -80,7 +82,10 @@ func startInProcess() (_ *inProcess, err error) {
 	if err != nil {
 		return nil, err
 	}
-	return e, e.startAgent(files, agentAddr)
+	if err := e.startAgent(files, agentAddr); err != nil {
+		return nil, err
+	}
+	return e, e.startSSH(files)
 }
 
 func (e *inProcess) stop() {
@@ -176,7 +181,7 @@ func (e *inProcess) paths() []struct {
 	return []struct {
 		name string
 		d    Dialer
-	}{{"direct", e.direct}, {"tunnel", e.tunnel}}
+	}{{"direct", e.direct}, {"tunnel", e.tunnel}, {"tunnel-ssh", e.sshTunnel}}
 }
 
 // sizeName spells a byte count the way the benchmark names use it.

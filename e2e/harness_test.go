@@ -35,6 +35,7 @@ var regexpRegistered = regexp.MustCompile(`msg="?registered"? .*\bnode=` + nodeN
 type tunnel struct {
 	dir          string // certificates and the unix socket
 	udsPath      string // the CONNECT frontend on a unix socket
+	grpcUDSPath  string // the gRPC frontend on a unix socket
 	frontendAddr string // the CONNECT frontend on TCP + mTLS
 	agentAddr    string // the agents' port
 	server       *process
@@ -54,7 +55,7 @@ func startTunnel(t *testing.T, echoAddr string) *tunnel {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	tn := &tunnel{dir: dir, udsPath: filepath.Join(dir, "s.sock")}
+	tn := &tunnel{dir: dir, udsPath: filepath.Join(dir, "s.sock"), grpcUDSPath: filepath.Join(dir, "g.sock")}
 	tn.generateCerts(t)
 	tn.startServer(t)
 	tn.startAgent(t)
@@ -87,6 +88,7 @@ func (tn *tunnel) startServer(t *testing.T) {
 	tn.server = startProcess(t, "tunnel-server", serverBin,
 		"--agent-listen-address", "127.0.0.1:0",
 		"--uds-path", tn.udsPath,
+		"--grpc-uds-path", tn.grpcUDSPath,
 		"--frontend-listen-address", "127.0.0.1:0",
 		"--tls-cert-file", tn.certFile("server.crt"),
 		"--tls-private-key-file", tn.certFile("server.key"),
@@ -112,7 +114,14 @@ func (tn *tunnel) startServer(t *testing.T) {
 	if udsAddr != tn.udsPath {
 		t.Errorf("uds listener logged addr=%s, want %s", udsAddr, tn.udsPath)
 	}
-	t.Logf("tunnel-server: agent=%s frontend=%s uds=%s", tn.agentAddr, tn.frontendAddr, udsAddr)
+	grpcAddr, err := tn.server.listenAddr(ctx, "grpc-uds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if grpcAddr != tn.grpcUDSPath {
+		t.Errorf("grpc-uds listener logged addr=%s, want %s", grpcAddr, tn.grpcUDSPath)
+	}
+	t.Logf("tunnel-server: agent=%s frontend=%s uds=%s grpc-uds=%s", tn.agentAddr, tn.frontendAddr, udsAddr, grpcAddr)
 }
 
 // startAgent starts tunnel-agent for node-a and waits for its registration.

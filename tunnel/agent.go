@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,6 +27,9 @@ type AgentConfig struct {
 	// certs.ClientTLS builds, to follow rotated files); ServerName defaults
 	// to the address's host.
 	TLS *tls.Config
+	// SSH, if set, connects over SSH instead of TLS + yamux (ssh_auth.go);
+	// TLS is then not used.
+	SSH *AgentSSHConfig
 	// NodeName is the node this agent serves; its certificate must prove it.
 	NodeName string
 	// NodeIPs are the node's addresses. Dials to NodeName go to the first.
@@ -34,6 +38,12 @@ type AgentConfig struct {
 	PodCIDRs []netip.Prefix
 	// DefaultRoute asks the server for every destination no other agent claims.
 	DefaultRoute bool
+	// AllowCIDRs are ranges the agent may dial besides its node IPs and pod
+	// ranges (service IPs, say). Only a node IP or one of these lets a
+	// loopback, link-local or metadata address through (policy.go).
+	AllowCIDRs []netip.Prefix
+	// AllowPorts, if not empty, are the only destination ports allowed.
+	AllowPorts []uint16
 	// MaxDialTimeout caps the dial deadline the server asks for. Default 30s.
 	MaxDialTimeout time.Duration
 	// HandshakeTimeout bounds connecting, TLS and hello. Default 10s.
@@ -88,14 +98,20 @@ func (c *AgentConfig) Validate() error {
 		return &ConfigError{Field: "ServerAddress", Msg: fmt.Sprintf("%q is not host:port", c.ServerAddress)}
 	}
 	switch {
-	case c.TLS == nil || len(c.TLS.Certificates) == 0 && c.TLS.GetClientCertificate == nil:
+	case c.SSH != nil && c.SSH.validate() != nil:
+		return c.SSH.validate()
+	case c.SSH == nil && (c.TLS == nil || len(c.TLS.Certificates) == 0 && c.TLS.GetClientCertificate == nil):
 		return &ConfigError{Field: "TLS", Msg: "a client certificate is required"}
-	case c.TLS.RootCAs == nil && c.TLS.VerifyConnection == nil:
+	case c.SSH == nil && c.TLS.RootCAs == nil && c.TLS.VerifyConnection == nil:
 		return &ConfigError{Field: "TLS", Msg: "a CA bundle to verify the server is required"}
 	case c.NodeName == "":
 		return &ConfigError{Field: "NodeName", Msg: "is required"}
 	case c.MaxBackoff < c.MinBackoff:
 		return &ConfigError{Field: "MaxBackoff", Msg: fmt.Sprintf("%s is less than MinBackoff %s", c.MaxBackoff, c.MinBackoff)}
+	case slices.Contains(c.AllowPorts, 0):
+		return &ConfigError{Field: "AllowPorts", Msg: "port 0 is not a destination port"}
+	case slices.ContainsFunc(c.AllowCIDRs, func(p netip.Prefix) bool { return !p.IsValid() || p != p.Masked() }):
+		return &ConfigError{Field: "AllowCIDRs", Msg: "every range must be a network address in CIDR form"}
 	}
 	return errors.Join(
 		checkPositive("MaxDialTimeout", c.MaxDialTimeout),
@@ -118,6 +134,7 @@ type Agent struct {
 	tls        *tls.Config
 	registered atomic.Bool
 	metrics    *agentMetrics
+	policy     *destPolicy    // which destinations may be dialed (policy.go)
 	wg         sync.WaitGroup // stream handlers
 }
 
@@ -127,12 +144,16 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		return nil, err
 	}
 	t := cfg.TLS.Clone()
+	if t == nil { // the SSH transport
+		t = &tls.Config{}
+	}
 	t.MinVersion = tls.VersionTLS13
 	if t.ServerName == "" {
 		t.ServerName, _, _ = net.SplitHostPort(cfg.ServerAddress)
 	}
 	cfg.NodeName = strings.ToLower(cfg.NodeName)
-	a := &Agent{cfg: cfg, log: logger(cfg.Logger), tls: t}
+	a := &Agent{cfg: cfg, log: logger(cfg.Logger), tls: t,
+		policy: newDestPolicy(cfg.NodeIPs, cfg.PodCIDRs, cfg.AllowCIDRs, cfg.AllowPorts)}
 	a.metrics = newAgentMetrics(func() float64 {
 		if a.registered.Load() {
 			return 1
@@ -178,7 +199,7 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) runSession(ctx context.Context) error {
 	hctx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
 	defer cancel()
-	sess, err := dialTLS(hctx, a.cfg.ServerAddress, a.tls, a.cfg.KeepaliveTimeout)
+	sess, err := a.dialSession(hctx)
 	if err != nil {
 		return err
 	}
@@ -279,7 +300,11 @@ func (a *Agent) serveStream(ctx context.Context, st net.Conn) {
 	if err != nil {
 		res := classifyDialError(err)
 		a.metrics.dials.inc(res)
-		a.log.Info("dial failed", "dial", req.ID, "dest", req.Address, "result", res, "err", err)
+		if res == ResultForbidden {
+			a.log.Warn("destination refused by policy", "dial", req.ID, "dest", req.Address, "err", err)
+		} else {
+			a.log.Info("dial failed", "dial", req.ID, "dest", req.Address, "result", res, "err", err)
+		}
 		a.respond(st, dialResponse{Result: res, Message: err.Error()})
 		st.Close()
 		return
@@ -300,19 +325,37 @@ func (a *Agent) respond(st net.Conn, r dialResponse) error {
 	return err
 }
 
-// dial connects to the requested destination on the node's network. A dial
-// to the node's own name goes to its first node IP.
+// dial connects to the requested destination on the node's network: to
+// the addresses destinations resolves and the policy allows, first to last
+// until one answers.
 func (a *Agent) dial(ctx context.Context, req dialRequest) (net.Conn, error) {
 	timeout := a.cfg.MaxDialTimeout
 	if req.Timeout > 0 {
 		timeout = min(timeout, req.Timeout)
 	}
-	addr := req.Address
-	if host, port, err := net.SplitHostPort(addr); err == nil && strings.EqualFold(host, a.cfg.NodeName) && len(a.cfg.NodeIPs) > 0 {
-		addr = net.JoinHostPort(a.cfg.NodeIPs[0].String(), port)
-	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	addrs, err := a.destinations(ctx, req.Address)
+	if err != nil {
+		return nil, err
+	}
+	var first error
+	for _, ap := range addrs {
+		c, err := a.dialAddr(ctx, ap.String())
+		if err == nil {
+			return c, nil
+		}
+		if first == nil {
+			first = err
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, first
+}
+
+func (a *Agent) dialAddr(ctx context.Context, addr string) (net.Conn, error) {
 	if a.cfg.Dial != nil {
 		return a.cfg.Dial(ctx, "tcp", addr)
 	}

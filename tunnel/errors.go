@@ -27,9 +27,10 @@ const (
 	ResultNoAgent     Result = 6 // no registered agent can reach the destination
 	ResultDraining    Result = 7 // the server is shutting down
 	ResultBadRequest  Result = 8 // the destination is malformed
+	ResultLimit       Result = 9 // a server limit refused it (limits.go); Detail says which
 )
 
-var resultNames = [...]string{"ok", "refused", "timeout", "unreachable", "forbidden", "error", "no_agent", "draining", "bad_request"}
+var resultNames = [...]string{"ok", "refused", "timeout", "unreachable", "forbidden", "error", "no_agent", "draining", "bad_request", "limit"}
 
 // String returns the result's label, as used in metrics and logs.
 func (r Result) String() string {
@@ -69,6 +70,8 @@ func (e *DialError) Error() string {
 		return "server draining"
 	case ResultBadRequest:
 		return "bad destination " + e.Address + detail(e.Detail)
+	case ResultLimit:
+		return e.Detail
 	}
 	if e.Detail == "" {
 		return "dial " + e.Address + ": " + e.Result.String()
@@ -90,7 +93,7 @@ func (e *DialError) HTTPStatus() int {
 		return http.StatusGatewayTimeout
 	case ResultForbidden:
 		return http.StatusForbidden
-	case ResultDraining:
+	case ResultDraining, ResultLimit:
 		return http.StatusServiceUnavailable
 	case ResultBadRequest:
 		return http.StatusBadRequest
@@ -101,7 +104,10 @@ func (e *DialError) HTTPStatus() int {
 // classifyDialError maps an error from net.Dialer on the node to a result.
 func classifyDialError(err error) Result {
 	var ne net.Error
+	var fe *forbiddenError
 	switch {
+	case errors.As(err, &fe):
+		return ResultForbidden
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return ResultRefused
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),

@@ -49,6 +49,7 @@ func (s *Server) handleConnect(c net.Conn) {
 	c.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
 	if tc, ok := c.(*tls.Conn); ok {
 		if err := tc.Handshake(); err != nil {
+			s.headerLimit(err, 0)
 			s.log.Info("frontend handshake failed", "remote", c.RemoteAddr().String(), "err", err)
 			return
 		}
@@ -58,9 +59,11 @@ func (s *Server) handleConnect(c net.Conn) {
 	if err != nil {
 		var re *requestError
 		if !errors.As(err, &re) { // the client went away or stalled
+			s.headerLimit(err, 0)
 			s.log.Info("frontend request not read", "remote", c.RemoteAddr().String(), "err", err)
 			return
 		}
+		s.headerLimit(nil, re.status)
 		s.log.Info("frontend request rejected", "remote", c.RemoteAddr().String(), "status", re.status, "err", re.msg)
 		s.answer(c, re.status, re.msg)
 		return

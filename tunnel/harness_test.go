@@ -37,12 +37,14 @@ type harness struct {
 	pool      *x509.CertPool
 	srv       *Server
 	agentAddr string
+	ssh       *sshHarness // set when the test runs over SSH (ssh_test.go)
 	sock      string
 }
 
 // newHarness starts a server; mod adjusts its config before it starts.
 func newHarness(t *testing.T, mod func(*ServerConfig)) *harness {
 	t.Helper()
+	checkLeaks(t)
 	dir := t.TempDir()
 	files, err := certs.Generate(certs.Options{Dir: filepath.Join(dir, "pki"), Nodes: testNodes})
 	if err != nil {
@@ -70,6 +72,9 @@ func newHarness(t *testing.T, mod func(*ServerConfig)) *harness {
 	h.agentAddr = agentLn.Addr().String()
 	h.goServe(func() error { return h.srv.ServeAgents(agentLn) })
 	h.goServe(func() error { return h.srv.ServeConnect(udsLn) })
+	if overSSH(t) {
+		h.startSSH() // agents connect to its listener instead (ssh_test.go)
+	}
 	t.Cleanup(func() { h.srv.Close() })
 	return h
 }
@@ -99,6 +104,9 @@ func (h *harness) agentConfig(certNode string) AgentConfig {
 	cfg := DefaultAgentConfig()
 	cfg.ServerAddress = h.agentAddr
 	cfg.TLS = &tls.Config{Certificates: []tls.Certificate{h.keyPair(f[0], f[1])}, RootCAs: h.pool, ServerName: "localhost"}
+	if h.ssh != nil {
+		cfg.SSH = h.ssh.agentConfig(certNode) // TLS stays set, unused
+	}
 	cfg.NodeName = certNode
 	for _, n := range testNodes {
 		if n.Name == certNode {

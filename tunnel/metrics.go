@@ -31,9 +31,10 @@ const (
 	RejectVersion   = "version"   // a protocol version the server does not speak
 	RejectIdentity  = "identity"  // the certificate does not prove the node name
 	RejectRoutes    = "routes"    // IPs, pod CIDRs or default route the server will not accept
+	RejectLimit     = "limit"     // the server holds MaxAgents sessions already
 )
 
-var rejectReasons = []string{RejectHandshake, RejectHello, RejectVersion, RejectIdentity, RejectRoutes}
+var rejectReasons = []string{RejectHandshake, RejectHello, RejectVersion, RejectIdentity, RejectRoutes, RejectLimit}
 
 // frontendCodes are the statuses the CONNECT frontend answers with; their
 // series exist from the start, at zero.
@@ -66,7 +67,7 @@ func (rc *resultCounters) inc(r Result) {
 
 // serverMetrics are a Server's collectors.
 type serverMetrics struct {
-	agents        prometheus.GaugeFunc
+	agents        prometheus.Collector // by transport (transport_metrics.go)
 	registrations prometheus.Counter
 	rejections    *prometheus.CounterVec
 	streamsOpen   prometheus.Gauge
@@ -80,15 +81,15 @@ type serverMetrics struct {
 	fromNode      prometheus.Counter
 	frontendVec   *prometheus.CounterVec
 	keepaliveRTT  prometheus.Histogram
+	limits        *prometheus.CounterVec
+	window        prometheus.Gauge
 }
 
 // newServerMetrics creates a server's collectors; agents reports the number
 // of registered agents when scraped.
-func newServerMetrics(agents func() float64) *serverMetrics {
+func newServerMetrics(agents func() map[string]int) *serverMetrics {
 	m := &serverMetrics{
-		agents: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "tunnel_server_agents_connected", Help: "Agent sessions registered now.",
-		}, agents),
+		agents: newAgentsGauge(agents),
 		registrations: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tunnel_server_agent_registrations_total", Help: "Agent registrations accepted.",
 		}),
@@ -115,6 +116,15 @@ func newServerMetrics(agents func() float64) *serverMetrics {
 		keepaliveRTT: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tunnel_server_keepalive_rtt_seconds", Help: "Round-trip time of keepalive pings to agents.", Buckets: rttBuckets,
 		}),
+		limits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tunnel_server_limit_rejections_total", Help: "Agents, dials and requests cut off by a limit, by limit (limits.go).",
+		}, []string{"limit"}),
+		window: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tunnel_server_stream_window_bytes", Help: "Receive window of each agent stream: the session window budget over the stream limit.",
+		}),
+	}
+	for _, l := range limitNames {
+		m.limits.WithLabelValues(l)
 	}
 	m.dials = newResultCounters(m.dialsVec)
 	m.proxyTime = m.durationVec.WithLabelValues(StageProxy)
@@ -132,7 +142,7 @@ func newServerMetrics(agents func() float64) *serverMetrics {
 
 func (m *serverMetrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.agents, m.registrations, m.rejections, m.streamsOpen,
-		m.dialsVec, m.durationVec, m.bytesVec, m.frontendVec, m.keepaliveRTT}
+		m.dialsVec, m.durationVec, m.bytesVec, m.frontendVec, m.keepaliveRTT, m.limits, m.window}
 }
 
 func (m *serverMetrics) frontendAnswered(code int) {

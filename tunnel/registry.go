@@ -18,22 +18,31 @@ type agentConn struct {
 	ips          []netip.Addr
 	cidrs        []netip.Prefix
 	defaultRoute bool
-	streams      atomic.Int64 // open tunneled streams, for load spreading
+	streams      atomic.Int64    // tunnels (dialing or open), for load spreading and MaxStreamsPerAgent
+	done         <-chan struct{} // the session's Done: lookups skip a dead session at once
+	retirement                   // duplicate.go
 }
 
-// handleAgent runs one agent connection: handshake, hello, registration,
-// then waits for the session to end and removes the agent's routes at once.
+// handleAgent runs one TLS agent connection: the handshake, then runAgent.
 func (s *Server) handleAgent(raw net.Conn) {
 	defer raw.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
 	defer cancel()
 	remote := raw.RemoteAddr().String()
-	sess, err := acceptTLS(ctx, raw, s.agentTLS, s.cfg.KeepaliveTimeout)
+	sess, err := acceptTLS(ctx, raw, s.agentTLS, s.cfg.KeepaliveTimeout, s.window)
 	if err != nil {
+		s.handshakeLimit(ctx)
 		s.reject(RejectHandshake)
 		s.log.Warn("agent rejected", "remote", remote, "kind", RejectHandshake, "err", err)
 		return
 	}
+	s.runAgent(ctx, sess, remote)
+}
+
+// runAgent is the part of an agent connection common to every transport
+// (TLS + yamux here, SSH in ssh_auth.go): hello within ctx, admission,
+// registration, keepalive and drain until the session ends.
+func (s *Server) runAgent(ctx context.Context, sess Session, remote string) {
 	defer sess.Close()
 	if !s.track(sess, sess.Close) {
 		return
@@ -41,11 +50,16 @@ func (s *Server) handleAgent(raw net.Conn) {
 	defer s.untrack(sess)
 	ctrl, hello, err := readHello(ctx, sess)
 	if err != nil {
+		s.handshakeLimit(ctx)
 		s.reject(RejectHello)
 		s.log.Warn("agent rejected", "remote", remote, "subject", sess.Peer().Subject, "kind", RejectHello, "err", err)
 		return
 	}
 	a, err := s.admit(sess, hello)
+	if err == nil && !s.sessions.enter() {
+		s.limited(LimitAgents)
+		a, err = nil, rejection(RejectLimit, "server at its limit of %d agents", s.cfg.MaxAgents)
+	}
 	if err != nil {
 		reason := rejectReason(err)
 		s.reject(reason)
@@ -57,6 +71,7 @@ func (s *Server) handleAgent(raw net.Conn) {
 		io.Copy(io.Discard, ctrl)
 		return
 	}
+	defer s.sessions.leave()
 	// Routes first, so that an agent told it is registered is routable.
 	s.routes.add(a)
 	ctrl.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
@@ -69,6 +84,7 @@ func (s *Server) handleAgent(raw net.Conn) {
 	ctrl.SetDeadline(time.Time{})
 	s.metrics.registrations.Inc()
 	s.log.Info("agent registered", "node", a.node, "remote", remote, "ips", a.ips, "podCIDRs", a.cidrs, "defaultRoute", a.defaultRoute)
+	s.replaceOlder(a) // duplicate.go
 	done := make(chan struct{}, 2)
 	go func() {
 		defer func() { done <- struct{}{} }()
@@ -78,7 +94,11 @@ func (s *Server) handleAgent(raw net.Conn) {
 		defer func() { done <- struct{}{} }()
 		s.watchDrain(ctrl, a)
 	}()
-	<-sess.Done()
+	select {
+	case <-sess.Done():
+	case <-a.replacedCh():
+		s.drainReplaced(a) // duplicate.go; closes the session
+	}
 	s.routes.remove(a)
 	<-done
 	<-done
@@ -116,7 +136,7 @@ func (s *Server) admit(sess Session, h Hello) (*agentConn, error) {
 	case !peer.provesNode(node):
 		return nil, rejection(RejectIdentity, "certificate %q does not prove node name %q (want CN=system:node:%s or a DNS SAN %s)", peer.Subject, h.Node, node, node)
 	}
-	a := &agentConn{node: node, sess: sess, defaultRoute: h.DefaultRoute}
+	a := &agentConn{node: node, sess: sess, done: sess.Done(), defaultRoute: h.DefaultRoute}
 	for _, ip := range h.IPs {
 		ip = ip.Unmap()
 		if !ip.IsValid() {

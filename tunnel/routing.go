@@ -51,6 +51,31 @@ func (t *routes) add(a *agentConn) {
 func (t *routes) remove(a *agentConn) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.removeLocked(a)
+	t.reindexLocked()
+}
+
+// takeOver removes every other agent of a's node from every route and
+// returns them (duplicate.go retires them).
+func (t *routes) takeOver(a *agentConn) []*agentConn {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var old []*agentConn
+	for _, x := range t.names[a.node] {
+		if x != a {
+			old = append(old, x)
+		}
+	}
+	for _, x := range old {
+		t.removeLocked(x)
+	}
+	if len(old) > 0 {
+		t.reindexLocked()
+	}
+	return old
+}
+
+func (t *routes) removeLocked(a *agentConn) {
 	dropFrom(t.names, a.node, a)
 	for _, ip := range a.ips {
 		dropFrom(t.ips, ip, a)
@@ -59,7 +84,6 @@ func (t *routes) remove(a *agentConn) {
 		dropFrom(t.prefixes, p, a)
 	}
 	t.defaults = slices.DeleteFunc(t.defaults, func(x *agentConn) bool { return x == a })
-	t.reindexLocked()
 }
 
 func dropFrom[K comparable](m map[K][]*agentConn, k K, a *agentConn) {
@@ -107,15 +131,15 @@ func (t *routes) lookup(host string) *agentConn {
 		if a := t.lookupIPLocked(ip.Unmap()); a != nil {
 			return a
 		}
-	} else if list := t.names[strings.ToLower(host)]; len(list) > 0 {
-		return list[len(list)-1]
+	} else if a := newestLive(t.names[strings.ToLower(host)]); a != nil {
+		return a
 	}
 	return leastLoaded(t.defaults)
 }
 
 func (t *routes) lookupIPLocked(ip netip.Addr) *agentConn {
-	if list := t.ips[ip]; len(list) > 0 {
-		return list[len(list)-1]
+	if a := newestLive(t.ips[ip]); a != nil {
+		return a
 	}
 	lens := t.lens6
 	if ip.Is4() {
@@ -123,18 +147,42 @@ func (t *routes) lookupIPLocked(ip netip.Addr) *agentConn {
 	}
 	for _, bits := range lens {
 		p, _ := ip.Prefix(bits)
-		if list := t.prefixes[p]; len(list) > 0 {
-			return list[len(list)-1]
+		if a := newestLive(t.prefixes[p]); a != nil {
+			return a
 		}
 	}
 	return nil
 }
 
-// leastLoaded picks the agent carrying the fewest streams; on a tie the
-// newest wins.
+// newestLive returns the newest agent in list whose session has not ended:
+// a session whose Done fired is out of routing at once, before its handler
+// removes its routes.
+func newestLive(list []*agentConn) *agentConn {
+	for i := len(list) - 1; i >= 0; i-- {
+		if list[i].live() {
+			return list[i]
+		}
+	}
+	return nil
+}
+
+func (a *agentConn) live() bool {
+	select {
+	case <-a.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// leastLoaded picks the live agent carrying the fewest streams; on a tie
+// the newest wins.
 func leastLoaded(list []*agentConn) *agentConn {
 	var best *agentConn
 	for i := len(list) - 1; i >= 0; i-- {
+		if !list[i].live() {
+			continue
+		}
 		if best == nil || list[i].streams.Load() < best.streams.Load() {
 			best = list[i]
 		}

@@ -37,6 +37,23 @@ type ServerConfig struct {
 	HeaderTimeout time.Duration
 	// MaxHeaderBytes bounds a CONNECT request's size. Default 8 KiB.
 	MaxHeaderBytes int
+	// MaxAgents bounds the agent sessions registered at once, replaced
+	// sessions still draining included. Default 10,000.
+	MaxAgents int
+	// MaxStreamsPerAgent bounds the tunnels (dials in progress and open)
+	// on one agent session. Default 1,024.
+	MaxStreamsPerAgent int
+	// MaxPendingDials bounds the dials in progress at once, server-wide.
+	// Default 10,000.
+	MaxPendingDials int
+	// SessionWindowBudget bounds, in bytes, what one agent session can make
+	// the server buffer: each stream's receive window is SessionWindowBudget
+	// / MaxStreamsPerAgent, clamped to 256 KiB–16 MiB (limits.go). Default
+	// 1 GiB, which gives the 1 MiB window with the default stream limit.
+	SessionWindowBudget int64
+	// ReplacedDrainTimeout is how long a session replaced by a newer one for
+	// the same node keeps its open tunnels before it is closed. Default 60s.
+	ReplacedDrainTimeout time.Duration
 	// KeepaliveInterval is how often the server pings each agent. Default 15s.
 	KeepaliveInterval time.Duration
 	// KeepaliveTimeout is how long a ping may go unanswered before the
@@ -59,6 +76,12 @@ func DefaultServerConfig() ServerConfig {
 		HeaderTimeout:    10 * time.Second,
 		MaxHeaderBytes:   8 << 10,
 
+		MaxAgents:            10000,
+		MaxStreamsPerAgent:   1024,
+		MaxPendingDials:      10000,
+		SessionWindowBudget:  1 << 30,
+		ReplacedDrainTimeout: 60 * time.Second,
+
 		KeepaliveInterval: DefaultKeepaliveInterval,
 		KeepaliveTimeout:  DefaultKeepaliveTimeout,
 	}
@@ -79,7 +102,9 @@ func (c *ServerConfig) Validate() error {
 		checkPositive("HandshakeTimeout", c.HandshakeTimeout),
 		checkPositive("HeaderTimeout", c.HeaderTimeout),
 		checkPositive("KeepaliveInterval", c.KeepaliveInterval),
-		checkPositive("KeepaliveTimeout", c.KeepaliveTimeout))
+		checkPositive("KeepaliveTimeout", c.KeepaliveTimeout),
+		checkPositive("ReplacedDrainTimeout", c.ReplacedDrainTimeout),
+		c.validateLimits())
 }
 
 // Server accepts agents' sessions, routes tunneled dials to them and serves
@@ -91,6 +116,11 @@ type Server struct {
 	routes   *routes
 	dialID   atomic.Uint64
 	metrics  *serverMetrics
+	window   uint32 // each agent stream's receive window (limits.go)
+	sessions gate   // registered agent sessions
+	pending  gate   // dials in progress
+
+	fallback atomic.Pointer[sshFallback] // nodes without an agent, over their sshd (ssh_fallback.go)
 
 	mu      sync.Mutex
 	open    map[any]func() error // listeners and connections to close on Close
@@ -116,8 +146,12 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		agentTLS: t,
 		routes:   newRoutes(),
 		open:     make(map[any]func() error),
+		window:   cfg.streamWindow(),
+		sessions: gate{max: int64(cfg.MaxAgents)},
+		pending:  gate{max: int64(cfg.MaxPendingDials)},
 	}
-	s.metrics = newServerMetrics(func() float64 { return float64(s.routes.count()) })
+	s.metrics = newServerMetrics(s.agentsByTransport) // transport_metrics.go
+	s.metrics.window.Set(float64(s.window))
 	if err := register(cfg.Registerer, s.metrics.collectors()); err != nil {
 		return nil, err
 	}
@@ -258,6 +292,9 @@ func (s *Server) Dial(ctx context.Context, addr string) (net.Conn, error) {
 		err = &DialError{Result: ResultDraining, Address: addr}
 	}
 	s.metrics.dials.inc(resultOf(err))
+	if resultOf(err) == ResultTimeout {
+		s.limited(LimitDialTimeout)
+	}
 	if err != nil {
 		s.log.Warn("dial failed", "dial", id, "node", node, "dest", addr, "err", err.Error())
 		return nil, err
@@ -271,12 +308,20 @@ func (s *Server) dial(ctx context.Context, id uint64, addr string) (net.Conn, st
 	if err != nil || host == "" || port == "" {
 		return nil, "", &DialError{Result: ResultBadRequest, Address: addr, Detail: "want host:port"}
 	}
+	if !s.pending.enter() {
+		return nil, "", s.limitError(LimitPendingDials, addr, fmt.Sprintf("too many dials in progress (%d)", s.cfg.MaxPendingDials))
+	}
+	defer s.pending.leave()
 	start := time.Now()
-	a := s.routes.lookup(host)
-	if a == nil {
-		return nil, "", &DialError{Result: ResultNoAgent, Address: addr}
+	a, err := s.pick(host, addr) // duplicate.go
+	if err != nil {
+		// No agent: perhaps a node the SSH fallback serves (ssh_fallback.go).
+		return s.dialFallback(ctx, id, host, addr, err)
 	}
 	c, err := s.dialVia(ctx, a, id, addr, start)
+	if err != nil {
+		a.release()
+	}
 	return c, a.node, err
 }
 
@@ -311,7 +356,6 @@ func (s *Server) dialVia(ctx context.Context, a *agentConn, id uint64, addr stri
 		return nil, err
 	}
 	st.SetDeadline(time.Time{})
-	a.streams.Add(1)
 	s.metrics.streamsOpen.Inc()
 	return &streamConn{Conn: st, agent: a, open: s.metrics.streamsOpen, end: s.tunnels.end}, nil
 }
@@ -344,7 +388,8 @@ func streamDialError(ctx context.Context, err error, addr string, timeout time.D
 }
 
 // streamConn is a tunneled connection on the server. CloseWrite half-closes
-// (a yamux stream's Close sends FIN and keeps reading), and Close releases
+// (a yamux stream's Close sends FIN and keeps reading; an SSH channel has
+// CloseWrite of its own), and Close releases
 // the stream's place in its agent's load count.
 type streamConn struct {
 	net.Conn
@@ -354,7 +399,12 @@ type streamConn struct {
 	once  sync.Once
 }
 
-func (c *streamConn) CloseWrite() error { return c.Conn.Close() }
+func (c *streamConn) CloseWrite() error {
+	if cw, ok := c.Conn.(closeWriter); ok { // an SSH channel: Close would end both ways
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
 
 // Shrink lets the copy path release the stream's idle receive buffer.
 func (c *streamConn) Shrink() {
@@ -364,7 +414,7 @@ func (c *streamConn) Shrink() {
 }
 
 func (c *streamConn) Close() error {
-	c.once.Do(func() { c.agent.streams.Add(-1); c.open.Dec(); c.end() })
+	c.once.Do(func() { c.agent.release(); c.open.Dec(); c.end() })
 	return c.Conn.Close()
 }
 

@@ -195,8 +195,9 @@ func dialTLS(ctx context.Context, addr string, cfg *tls.Config, pingTimeout time
 }
 
 // acceptTLS completes the server side of an agent connection: the TLS
-// handshake (which verifies the client certificate) within ctx, then yamux.
-func acceptTLS(ctx context.Context, raw net.Conn, cfg *tls.Config, pingTimeout time.Duration) (Session, error) {
+// handshake (which verifies the client certificate) within ctx, then yamux
+// with each stream's receive window at most window bytes (limits.go).
+func acceptTLS(ctx context.Context, raw net.Conn, cfg *tls.Config, pingTimeout time.Duration, window uint32) (Session, error) {
 	conn := newFrameWriter(raw, cfg, tls.Server)
 	if err := conn.HandshakeContext(ctx); err != nil {
 		return nil, fmt.Errorf("tls handshake: %w", err)
@@ -207,6 +208,7 @@ func acceptTLS(ctx context.Context, raw net.Conn, cfg *tls.Config, pingTimeout t
 	}
 	ycfg := sessionConfig(pingTimeout)
 	ycfg.AcceptBacklog = serverAcceptBacklog
+	ycfg.MaxStreamWindowSize = window
 	s, err := yamux.Server(conn, ycfg)
 	if err != nil {
 		return nil, err

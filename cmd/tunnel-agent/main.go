@@ -25,10 +25,12 @@ func main() { os.Exit(run(os.Args[1:])) }
 type agentFlags struct {
 	caFile, certFile, keyFile, serverName string
 	nodeIPs, podCIDRs                     []string
+	allowCIDRs, allowPorts                []string
 	cfg                                   tunnel.AgentConfig
 	log                                   cli.LogFlags
 	reload                                cli.ReloadFlags
 	admin                                 admin.Flags // ops.go
+	ssh                                   sshFlags    // ssh.go
 }
 
 func (f *agentFlags) bind(fs *pflag.FlagSet) {
@@ -41,11 +43,14 @@ func (f *agentFlags) bind(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&f.nodeIPs, "node-ip", nil, "this node's IP (repeatable); dials to --node-name go to the first")
 	fs.StringSliceVar(&f.podCIDRs, "pod-cidr", nil, "this node's pod CIDR (repeatable; the server must trust agent routes)")
 	fs.BoolVar(&f.cfg.DefaultRoute, "default-route", false, "serve every destination no other agent claims, such as service IPs (the server must trust agent routes)")
+	fs.StringSliceVar(&f.allowCIDRs, "allow-cidr", nil, "a range this agent may dial besides its node IPs and pod CIDRs, e.g. the service range (repeatable); loopback and link-local addresses need this or --node-ip")
+	fs.StringSliceVar(&f.allowPorts, "allow-port", nil, "the only destination ports this agent dials (repeatable; default: any)")
 	fs.DurationVar(&f.cfg.MaxDialTimeout, "max-dial-timeout", f.cfg.MaxDialTimeout, "upper bound on any dial this agent makes")
 	fs.DurationVar(&f.cfg.HandshakeTimeout, "handshake-timeout", f.cfg.HandshakeTimeout, "bound on connecting, TLS and hello")
 	fs.DurationVar(&f.cfg.MinBackoff, "reconnect-min-backoff", f.cfg.MinBackoff, "first wait before reconnecting; doubles up to --reconnect-max-backoff, with jitter")
 	fs.DurationVar(&f.cfg.MaxBackoff, "reconnect-max-backoff", f.cfg.MaxBackoff, "longest wait between reconnects")
 	fs.DurationVar(&f.cfg.DrainTimeout, "drain-timeout", f.cfg.DrainTimeout, "on SIGTERM, how long open tunnels may go on after the server is told to route nothing new here")
+	f.ssh.bind(fs)
 	f.reload.Bind(fs)
 	f.log.Bind(fs)
 	f.bindOps(fs)
@@ -61,6 +66,8 @@ var configFlags = map[string]string{
 	"MinBackoff":       "reconnect-min-backoff",
 	"MaxBackoff":       "reconnect-max-backoff",
 	"DrainTimeout":     "drain-timeout",
+	"AllowCIDRs":       "allow-cidr",
+	"AllowPorts":       "allow-port",
 
 	"KeepaliveInterval": "keepalive-interval",
 	"KeepaliveTimeout":  "keepalive-timeout",
@@ -82,7 +89,7 @@ func run(args []string) int {
 }
 
 func runAgent(f *agentFlags, fs *pflag.FlagSet) error {
-	if err := cli.Required(fs, "server-address", "ca-file", "tls-cert-file", "tls-private-key-file", "node-name"); err != nil {
+	if err := cli.Required(fs, f.ssh.required()...); err != nil { // ssh.go: the transport's flags
 		return err
 	}
 	var err error
@@ -92,27 +99,27 @@ func runAgent(f *agentFlags, fs *pflag.FlagSet) error {
 	if f.cfg.PodCIDRs, err = cli.Prefixes("pod-cidr", f.podCIDRs); err != nil {
 		return err
 	}
+	if f.cfg.AllowCIDRs, err = cli.Prefixes("allow-cidr", f.allowCIDRs); err != nil {
+		return err
+	}
+	if f.cfg.AllowPorts, err = cli.Ports("allow-port", f.allowPorts); err != nil {
+		return err
+	}
 	if f.cfg.Logger, err = f.log.Logger(); err != nil {
 		return err
 	}
 	if err := f.reload.Validate(); err != nil {
 		return err
 	}
-	pair, err := cli.ReloadingKeyPair("tls-cert-file", f.certFile, f.keyFile)
+	var reloading []cli.Reloader
+	if f.ssh.enabled() {
+		err = f.ssh.configure(&f.cfg) // ssh.go
+	} else {
+		reloading, err = f.configureTLS()
+	}
 	if err != nil {
 		return err
 	}
-	roots, err := cli.ReloadingPool("ca-file", f.caFile)
-	if err != nil {
-		return err
-	}
-	serverName := f.serverName
-	if serverName == "" {
-		if serverName, _, err = net.SplitHostPort(f.cfg.ServerAddress); err != nil {
-			return &cli.FlagError{Flag: "server-address", Msg: fmt.Sprintf("%q is not host:port", f.cfg.ServerAddress)}
-		}
-	}
-	f.cfg.TLS = certs.ClientTLS(pair, roots, serverName)
 	// sd_notify: READY=1 each time a session registers, STOPPING=1 on a signal.
 	f.cfg.OnRegistered = func() { cli.NotifyLogged(f.cfg.Logger, "READY=1") }
 	reg := admin.NewRegistry() // ops.go
@@ -129,9 +136,30 @@ func runAgent(f *agentFlags, fs *pflag.FlagSet) error {
 	ctx, stop := cli.SignalContext()
 	defer stop()
 	defer cli.NotifyWhenDone(ctx, f.cfg.Logger, "STOPPING=1")() // sd_notify
-	cli.WatchCerts(ctx, f.cfg.Logger, f.reload.Interval, pair, roots)
+	cli.WatchCerts(ctx, f.cfg.Logger, f.reload.Interval, reloading...)
 	f.cfg.Logger.Info("tunnel-agent started", "node", f.cfg.NodeName, "server", f.cfg.ServerAddress)
 	err = loops.Run(runLoop, func() error { return agent.Run(ctx) })
 	f.cfg.Logger.Info("tunnel-agent stopped")
 	return err
+}
+
+// configureTLS loads the TLS transport's certificates, which reload from
+// disk as they change.
+func (f *agentFlags) configureTLS() ([]cli.Reloader, error) {
+	pair, err := cli.ReloadingKeyPair("tls-cert-file", f.certFile, f.keyFile)
+	if err != nil {
+		return nil, err
+	}
+	roots, err := cli.ReloadingPool("ca-file", f.caFile)
+	if err != nil {
+		return nil, err
+	}
+	serverName := f.serverName
+	if serverName == "" {
+		if serverName, _, err = net.SplitHostPort(f.cfg.ServerAddress); err != nil {
+			return nil, &cli.FlagError{Flag: "server-address", Msg: fmt.Sprintf("%q is not host:port", f.cfg.ServerAddress)}
+		}
+	}
+	f.cfg.TLS = certs.ClientTLS(pair, roots, serverName)
+	return []cli.Reloader{pair, roots}, nil
 }

@@ -21,6 +21,7 @@ func runCerts(args []string) int {
 		nodes      []string
 		names, ips []string
 		opts       certs.Options
+		withSSH    sshCertsFlags // ssh.go
 	)
 	fs.StringVar(&out, "out", "", "directory to write the certificates into (must not already hold them)")
 	fs.StringArrayVar(&nodes, "node", nil, "agent certificate for NAME[=IP,IP...] (repeatable)")
@@ -28,9 +29,13 @@ func runCerts(args []string) int {
 	fs.StringSliceVar(&ips, "server-ip", nil, "extra IP of the server certificate (repeatable; 127.0.0.1 and ::1 are always included)")
 	fs.StringVar(&opts.ClientName, "client-name", "kube-apiserver", "common name of the frontend client certificate")
 	fs.DurationVar(&opts.Validity, "validity", 365*24*time.Hour, "how long the certificates stay valid")
+	withSSH.bind(fs)
 	err := cli.Parse(fs, args)
 	if err == nil {
 		err = writeCerts(fs, out, nodes, names, ips, opts)
+	}
+	if err == nil {
+		err = withSSH.write(out, nodes, names, ips)
 	}
 	return cli.Exit(prog+" certs", fs, err)
 }

@@ -1,7 +1,9 @@
 // Command tunnel-server runs beside kube-apiserver: it accepts tunnel-agents'
 // outbound sessions and serves the API server's egress selector (HTTP
 // CONNECT over a unix socket or TCP with mutual TLS), sending each dial down
-// the tunnel of the agent that can reach its destination.
+// the tunnel of the agent that can reach its destination. With
+// --grpc-uds-path it also speaks kube-apiserver's gRPC egress protocol
+// (Konnectivity's ProxyService) on a second unix socket.
 //
 // Subcommands: "tunnel-server certs" writes quick-start certificates, and
 // "tunnel-server demo" runs a whole tunnel on loopback and shows a request
@@ -42,6 +44,7 @@ func main() {
 // serverFlags binds every flag of the server one-to-one to its setting.
 type serverFlags struct {
 	agentAddr, frontendAddr, udsPath string
+	grpcUDSPath                      string
 	certFile, keyFile                string
 	agentCA, frontendCA              string
 	frontendNames                    []string
@@ -50,6 +53,8 @@ type serverFlags struct {
 	reload                           cli.ReloadFlags
 	drainTimeout                     time.Duration
 	ops                              opsFlags // ops.go
+	uds                              udsFlags // limits.go
+	ssh                              sshFlags // ssh.go
 }
 
 func (f *serverFlags) bind(fs *pflag.FlagSet) {
@@ -58,6 +63,7 @@ func (f *serverFlags) bind(fs *pflag.FlagSet) {
 	fs.StringVar(&f.keyFile, "tls-private-key-file", "", "private key of --tls-cert-file (PEM)")
 	fs.StringVar(&f.agentCA, "agent-ca-file", "", "CA bundle that signs agent client certificates")
 	fs.StringVar(&f.udsPath, "uds-path", "", "unix socket for the HTTP CONNECT frontend (empty disables)")
+	fs.StringVar(&f.grpcUDSPath, "grpc-uds-path", "", "unix socket for the gRPC frontend, kube-apiserver's proxyProtocol: GRPC (empty disables)")
 	fs.StringVar(&f.frontendAddr, "frontend-listen-address", "", "host:port for the HTTP CONNECT frontend over TCP with mutual TLS (empty disables)")
 	fs.StringVar(&f.frontendCA, "frontend-ca-file", "", "CA bundle that signs frontend (kube-apiserver) client certificates")
 	fs.StringSliceVar(&f.frontendNames, "frontend-allowed-names", nil, "client certificate common names allowed on the TCP frontend (repeatable; default: any certificate from --frontend-ca-file that is not a node's)")
@@ -67,6 +73,8 @@ func (f *serverFlags) bind(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.cfg.HeaderTimeout, "connect-header-timeout", f.cfg.HeaderTimeout, "bound on reading a CONNECT request")
 	fs.StringVar(&f.cfg.ID, "server-id", "", "ID of this server replica (default: random)")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long open tunnels may go on while new CONNECTs get 503")
+	f.bindLimits(fs) // limits.go
+	f.ssh.bind(fs)   // ssh.go
 	f.reload.Bind(fs)
 	f.log.Bind(fs)
 	f.bindOps(fs)
@@ -78,6 +86,13 @@ var configFlags = map[string]string{
 	"DialTimeout":      "dial-timeout",
 	"HandshakeTimeout": "handshake-timeout",
 	"HeaderTimeout":    "connect-header-timeout",
+
+	"MaxHeaderBytes":       "max-connect-header-bytes",
+	"MaxAgents":            "max-agents",
+	"MaxStreamsPerAgent":   "max-streams-per-agent",
+	"MaxPendingDials":      "max-pending-dials",
+	"SessionWindowBudget":  "session-window-budget",
+	"ReplacedDrainTimeout": "replaced-drain-timeout",
 
 	"KeepaliveInterval": "keepalive-interval",
 	"KeepaliveTimeout":  "keepalive-timeout",
@@ -102,8 +117,11 @@ func serve(f *serverFlags, fs *pflag.FlagSet) error {
 	if err := cli.Required(fs, "tls-cert-file", "tls-private-key-file", "agent-ca-file"); err != nil {
 		return err
 	}
-	if f.udsPath == "" && f.frontendAddr == "" {
-		return &cli.FlagError{Flag: "uds-path", Msg: "one of --uds-path or --frontend-listen-address is required"}
+	if f.udsPath == "" && f.frontendAddr == "" && f.grpcUDSPath == "" {
+		return &cli.FlagError{Flag: "uds-path", Msg: "one of --uds-path, --grpc-uds-path or --frontend-listen-address is required"}
+	}
+	if f.grpcUDSPath != "" && f.grpcUDSPath == f.udsPath {
+		return &cli.FlagError{Flag: "grpc-uds-path", Msg: "must differ from --uds-path"}
 	}
 	if f.frontendAddr != "" {
 		if err := cli.Required(fs, "frontend-ca-file"); err != nil {
@@ -140,6 +158,9 @@ func serve(f *serverFlags, fs *pflag.FlagSet) error {
 		return cli.FromConfig(err, configFlags)
 	}
 	defer srv.Close()
+	if err := f.ssh.enableFallback(srv, log); err != nil { // ssh.go
+		return err
+	}
 	listeners, frontendCAs, err := f.listen(pair)
 	if err != nil {
 		return err
@@ -200,12 +221,24 @@ func (f *serverFlags) listen(pair *certs.Reloading[tls.Certificate]) (out []list
 		return nil, nil, &cli.FlagError{Flag: "agent-listen-address", Msg: err.Error()}
 	}
 	out = append(out, listener{"agent", ln, (*tunnel.Server).ServeAgents})
+	if l, err := f.ssh.listen(); err != nil { // ssh.go
+		return out, nil, err
+	} else if l != nil {
+		out = append(out, *l)
+	}
 	if f.udsPath != "" {
-		ln, err := tunnel.ListenUnix(f.udsPath, 0o600)
+		ln, err := f.listenUDS() // limits.go
 		if err != nil {
-			return out, nil, &cli.FlagError{Flag: "uds-path", Msg: err.Error()}
+			return out, nil, err
 		}
 		out = append(out, listener{"uds", ln, (*tunnel.Server).ServeConnect})
+	}
+	if f.grpcUDSPath != "" {
+		ln, err := tunnel.ListenUnix(f.grpcUDSPath, 0o600)
+		if err != nil {
+			return out, nil, &cli.FlagError{Flag: "grpc-uds-path", Msg: err.Error()}
+		}
+		out = append(out, listener{"grpc-uds", ln, (*tunnel.Server).ServeGRPC})
 	}
 	if f.frontendAddr != "" {
 		if cas, err = cli.ReloadingPool("frontend-ca-file", f.frontendCA); err != nil {

@@ -41,16 +41,23 @@ func readEgress(t *testing.T, rel string) *apiserver.EgressSelectorConfiguration
 	return cfg
 }
 
-// clusterTransport returns the transport of the "cluster" egress selection.
+// clusterTransport returns the transport of the "cluster" egress selection,
+// which must be HTTPConnect or (over a unix socket) GRPC.
 func clusterTransport(t *testing.T, rel string, cfg *apiserver.EgressSelectorConfiguration) *apiserver.Transport {
 	t.Helper()
 	for _, s := range cfg.EgressSelections {
-		if s.Name == "cluster" {
-			if s.Connection.ProxyProtocol != apiserver.ProtocolHTTPConnect || s.Connection.Transport == nil {
-				t.Fatalf("%s: cluster egress is %s, want HTTPConnect with a transport", rel, s.Connection.ProxyProtocol)
-			}
-			return s.Connection.Transport
+		if s.Name != "cluster" {
+			continue
 		}
+		switch p, tr := s.Connection.ProxyProtocol, s.Connection.Transport; {
+		case tr == nil:
+			t.Fatalf("%s: cluster egress (%s) has no transport", rel, p)
+		case p == apiserver.ProtocolGRPC && tr.UDS == nil:
+			t.Fatalf("%s: cluster egress is GRPC, which tunnel-server serves only on a unix socket", rel)
+		case p != apiserver.ProtocolHTTPConnect && p != apiserver.ProtocolGRPC:
+			t.Fatalf("%s: cluster egress is %s, want HTTPConnect or GRPC", rel, p)
+		}
+		return s.Connection.Transport
 	}
 	t.Fatalf("%s: no cluster egress selection", rel)
 	return nil
@@ -77,24 +84,31 @@ func TestEgressSelectorFilesDecodeStrictly(t *testing.T) {
 }
 
 // TestSocketPathsAgree requires every --uds-path in deploy/ to be the
-// socket the unix-socket EgressSelectorConfiguration names, so that the
-// files work together as shipped.
+// socket the unix-socket HTTPConnect EgressSelectorConfiguration names, and
+// every --grpc-uds-path the GRPC one's, so that the files work together as
+// shipped.
 func TestSocketPathsAgree(t *testing.T) {
-	const rel = "egress-selector/http-connect-uds.yaml"
+	if n := socketPathUses(t, "uds-path", "egress-selector/http-connect-uds.yaml"); n == 0 {
+		t.Error("no server command line in deploy/ passes --uds-path")
+	}
+	socketPathUses(t, "grpc-uds-path", "egress-selector/grpc-uds.yaml") // optional
+}
+
+// socketPathUses checks every value of --flag in deploy/ against the
+// udsName of the egress selector file rel, and returns how many it saw.
+func socketPathUses(t *testing.T, flag, rel string) int {
 	tr := clusterTransport(t, rel, readEgress(t, rel))
 	if tr.UDS == nil {
 		t.Fatalf("%s: cluster transport is not uds", rel)
 	}
 	n := 0
 	for _, inv := range allInvocations(t) {
-		if p, ok := flagValue(inv.args, "uds-path"); ok {
+		if p, ok := flagValue(inv.args, flag); ok {
 			n++
 			if p != tr.UDS.UDSName {
-				t.Errorf("%s: --uds-path=%s, but %s names %s", inv.where, p, rel, tr.UDS.UDSName)
+				t.Errorf("%s: --%s=%s, but %s names %s", inv.where, flag, p, rel, tr.UDS.UDSName)
 			}
 		}
 	}
-	if n == 0 {
-		t.Error("no server command line in deploy/ passes --uds-path")
-	}
+	return n
 }

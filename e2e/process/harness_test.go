@@ -335,6 +335,7 @@ func eventually(t *testing.T, timeout time.Duration, cond func() (bool, string))
 // serverOpts configures startServer.
 type serverOpts struct {
 	listenHost string   // host of the agent listener; default 127.0.0.1
+	agentAddr  string   // the agent listener's host:port; default listenHost, a port the kernel picks
 	frontend   bool     // also run the TCP+mTLS frontend on listenHost
 	noUDS      bool     // do not run the unix socket frontend
 	wrap       []string // argv prefix, e.g. ip netns exec NS
@@ -363,8 +364,12 @@ func startServer(t *testing.T, cs *certSet, o serverOpts) *server {
 		host = "127.0.0.1"
 	}
 	s := &server{certs: cs}
+	agentAddr := o.agentAddr
+	if agentAddr == "" {
+		agentAddr = net.JoinHostPort(host, "0")
+	}
 	args := []string{
-		"--agent-listen-address", net.JoinHostPort(host, "0"),
+		"--agent-listen-address", agentAddr,
 		"--tls-cert-file", cs.path("server.crt"),
 		"--tls-private-key-file", cs.path("server.key"),
 		"--agent-ca-file", cs.ca(),

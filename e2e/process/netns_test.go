@@ -47,6 +47,18 @@ func inNS(ns string) []string { return []string{"ip", "netns", "exec", ns} }
 // removes them, even when setup fails half way.
 func (n netnsTopology) setup(t *testing.T) {
 	t.Helper()
+	n.addNamespaces(t)
+	mustRun(t, "ip", "link", "add", n.srvVeth, "type", "veth", "peer", "name", n.nodeVeth)
+	// Once moved, deleting the namespaces deletes the pair; this catches a
+	// failure before the move.
+	t.Cleanup(func() { runCommand(t, nil, "ip", "link", "del", n.srvVeth) })
+	n.addLink(t)
+}
+
+// addNamespaces creates the two namespaces (skipping the test if it
+// cannot), with cleanups that delete them.
+func (n netnsTopology) addNamespaces(t *testing.T) {
+	t.Helper()
 	for _, ns := range []string{n.srvNS, n.nodeNS} {
 		runCommand(t, nil, "ip", "netns", "del", ns) // a leftover of a crashed run with this PID
 		if out, code := runCommand(t, nil, "ip", "netns", "add", ns); code != 0 {
@@ -58,10 +70,13 @@ func (n netnsTopology) setup(t *testing.T) {
 			}
 		})
 	}
-	mustRun(t, "ip", "link", "add", n.srvVeth, "type", "veth", "peer", "name", n.nodeVeth)
-	// Once moved, deleting the namespaces deletes the pair; this catches a
-	// failure before the move.
-	t.Cleanup(func() { runCommand(t, nil, "ip", "link", "del", n.srvVeth) })
+}
+
+// addLink moves the link's two ends, srvVeth and nodeVeth (a veth pair or
+// two TUN devices), from this namespace into theirs, addresses them and
+// brings them up, and puts the target address on the node namespace's lo.
+func (n netnsTopology) addLink(t *testing.T) {
+	t.Helper()
 	mustRun(t, "ip", "link", "set", n.srvVeth, "netns", n.srvNS)
 	mustRun(t, "ip", "link", "set", n.nodeVeth, "netns", n.nodeNS)
 	for _, side := range []struct {

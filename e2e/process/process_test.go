@@ -328,6 +328,18 @@ func TestFlagMistakes(t *testing.T) {
 		{"agent --keepalive-interval=0", agentBin, agent, "", []string{"--keepalive-interval=0"}, "keepalive-interval"},
 		{"agent --keepalive-timeout=0", agentBin, agent, "", []string{"--keepalive-timeout=0"}, "keepalive-timeout"},
 		{"agent --admin-listen-address without port", agentBin, agent, "", []string{"--admin-listen-address=nonsense"}, "admin-listen-address"},
+		{"agent --allow-cidr not a network", agentBin, agent, "", []string{"--allow-cidr=10.0.0.1/8"}, "allow-cidr"},
+		{"agent --allow-port=0", agentBin, agent, "", []string{"--allow-port=0"}, "allow-port"},
+		{"agent --allow-port=https", agentBin, agent, "", []string{"--allow-port=https"}, "allow-port"},
+		{"server --uds-mode=999", serverBin, server, "", []string{"--uds-mode=999"}, "uds-mode"},
+		{"server --uds-group unknown", serverBin, server, "", []string{"--uds-group=no-such-group-for-tunnel"}, "uds-group"},
+		{"server --max-agents=0", serverBin, server, "", []string{"--max-agents=0"}, "max-agents"},
+		{"server --max-streams-per-agent=0", serverBin, server, "", []string{"--max-streams-per-agent=0"}, "max-streams-per-agent"},
+		{"server --max-pending-dials=-1", serverBin, server, "", []string{"--max-pending-dials=-1"}, "max-pending-dials"},
+		{"server --session-window-budget=lots", serverBin, server, "", []string{"--session-window-budget=lots"}, "session-window-budget"},
+		{"server --session-window-budget below the minimum", serverBin, server, "", []string{"--session-window-budget=1Mi"}, "session-window-budget"},
+		{"server --replaced-drain-timeout=0", serverBin, server, "", []string{"--replaced-drain-timeout=0"}, "replaced-drain-timeout"},
+		{"server --max-connect-header-bytes=10", serverBin, server, "", []string{"--max-connect-header-bytes=10"}, "max-connect-header-bytes"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 
 	"github.com/spf13/pflag"
@@ -138,6 +139,19 @@ func Prefixes(flag string, vals []string) ([]netip.Prefix, error) {
 			return nil, &FlagError{Flag: flag, Msg: fmt.Sprintf("%q is not a network in CIDR form (like 10.244.1.0/24)", v)}
 		}
 		out = append(out, p)
+	}
+	return out, nil
+}
+
+// Ports parses repeated port flag values, each 1-65535.
+func Ports(flag string, vals []string) ([]uint16, error) {
+	out := make([]uint16, 0, len(vals))
+	for _, v := range vals {
+		n, err := strconv.ParseUint(v, 10, 16)
+		if err != nil || n == 0 {
+			return nil, &FlagError{Flag: flag, Msg: fmt.Sprintf("%q is not a port from 1 to 65535", v)}
+		}
+		out = append(out, uint16(n))
 	}
 	return out, nil
 }

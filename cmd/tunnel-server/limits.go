@@ -1,0 +1,73 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os/user"
+	"strconv"
+
+	"github.com/spf13/pflag"
+
+	"github.com/tunnel-project/tunnel/cmd/internal/cli"
+	"github.com/tunnel-project/tunnel/tunnel"
+)
+
+// Limits and frontend access: the flags of the server's bounds (README
+// "Limits") and of the unix socket's mode and group.
+
+// udsFlags are the unix socket frontend's access flags.
+type udsFlags struct {
+	mode, group string
+}
+
+// bindLimits adds the limit and unix socket access flags.
+func (f *serverFlags) bindLimits(fs *pflag.FlagSet) {
+	fs.StringVar(&f.uds.mode, "uds-mode", "0600", "file mode of the --uds-path socket, in octal; whoever can open it can reach every node")
+	fs.StringVar(&f.uds.group, "uds-group", "", "group (name or ID) of the --uds-path socket, e.g. kube-apiserver's group with --uds-mode 0660 (default: the server's)")
+	fs.IntVar(&f.cfg.MaxHeaderBytes, "max-connect-header-bytes", f.cfg.MaxHeaderBytes, "bound on a CONNECT request's size; larger ones get 431")
+	fs.IntVar(&f.cfg.MaxAgents, "max-agents", f.cfg.MaxAgents, "agent sessions registered at once; registrations beyond it are refused with the reason")
+	fs.IntVar(&f.cfg.MaxStreamsPerAgent, "max-streams-per-agent", f.cfg.MaxStreamsPerAgent, "tunnels (dialing or open) on one agent; a dial beyond it gets 503")
+	fs.IntVar(&f.cfg.MaxPendingDials, "max-pending-dials", f.cfg.MaxPendingDials, "dials in progress at once; a dial beyond it gets 503")
+	fs.Var(cli.ByteSize{N: &f.cfg.SessionWindowBudget}, "session-window-budget", "bytes one agent session may make the server buffer: each stream's window is this over --max-streams-per-agent, clamped to 256Ki-16Mi")
+	fs.DurationVar(&f.cfg.ReplacedDrainTimeout, "replaced-drain-timeout", f.cfg.ReplacedDrainTimeout, "how long a session replaced by a newer one for the same node keeps its open tunnels before it is closed")
+}
+
+// listenUDS opens the unix socket frontend with the mode and group asked for.
+func (f *serverFlags) listenUDS() (net.Listener, error) {
+	mode, err := strconv.ParseUint(f.uds.mode, 8, 32)
+	if err != nil || mode > 0o777 {
+		return nil, &cli.FlagError{Flag: "uds-mode", Msg: fmt.Sprintf("%q is not a file mode in octal, like 0600 or 0660", f.uds.mode)}
+	}
+	gid, err := lookupGroup(f.uds.group)
+	if err != nil {
+		return nil, &cli.FlagError{Flag: "uds-group", Msg: err.Error()}
+	}
+	ln, err := tunnel.ListenUnixGroup(f.udsPath, fs.FileMode(mode), gid)
+	if err != nil {
+		flag := "uds-path"
+		if gid >= 0 && isPermission(err) {
+			flag = "uds-group"
+		}
+		return nil, &cli.FlagError{Flag: flag, Msg: err.Error()}
+	}
+	return ln, nil
+}
+
+// lookupGroup returns the ID of a group name or number; "" is -1, no change.
+func lookupGroup(name string) (int, error) {
+	if name == "" {
+		return -1, nil
+	}
+	if id, err := strconv.Atoi(name); err == nil && id >= 0 {
+		return id, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return -1, err
+	}
+	return strconv.Atoi(g.Gid)
+}
+
+func isPermission(err error) bool { return errors.Is(err, fs.ErrPermission) }

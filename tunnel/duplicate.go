@@ -1,0 +1,123 @@
+package tunnel
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Duplicate agents. A second session for the same node — an agent restart
+// that overlaps the old session, a reconnect before the server noticed the
+// old connection die — takes every route of that node as soon as it is
+// registered (routing.go: the newest wins). The older session is then
+// retired: out of routing at once, left alone while its open tunnels
+// finish, and closed when the last one ends or ReplacedDrainTimeout
+// passes. Its agent sees the session end and reconnects with backoff; if
+// it is still alive it becomes the newest in turn, so two live agents with
+// one identity alternate, slowed by their backoff, and every switch is
+// logged on both ends.
+//
+// A dial may pick a session just before it is retired. The dial counts its
+// stream (acquire) before it checks the retired flag, and retiring sets
+// the flag before it reads the count, so either the dial sees the flag and
+// picks again, or the retiring side sees the stream and waits for it.
+
+// retirement is the replacement state of an agentConn.
+type retirement struct {
+	retired  atomic.Bool
+	once     sync.Once
+	replaced chan struct{} // closed by retire
+	idle     chan struct{} // a token each time the stream count drops to zero
+}
+
+// replacedCh returns a channel closed when a newer session replaces a.
+func (a *agentConn) replacedCh() <-chan struct{} {
+	a.once.Do(a.initRetirement)
+	return a.replaced
+}
+
+func (a *agentConn) initRetirement() {
+	a.replaced = make(chan struct{})
+	a.idle = make(chan struct{}, 1)
+}
+
+// retire marks a replaced and wakes its session's handler.
+func (a *agentConn) retire() {
+	a.once.Do(a.initRetirement)
+	if a.retired.CompareAndSwap(false, true) {
+		close(a.replaced)
+	}
+}
+
+// acquire counts a new stream on a within max. It fails if a is at its
+// limit or has been retired since it was looked up.
+func (a *agentConn) acquire(max int64) (ok, retired bool) {
+	if a.streams.Add(1) > max {
+		a.release()
+		return false, false
+	}
+	if a.retired.Load() {
+		a.release()
+		return false, true
+	}
+	return true, false
+}
+
+// release uncounts a stream of a.
+func (a *agentConn) release() {
+	if a.streams.Add(-1) == 0 && a.retired.Load() {
+		select {
+		case a.idle <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// pick returns the agent for host with a stream counted on it, or the
+// *DialError that refuses the dial.
+func (s *Server) pick(host, addr string) (*agentConn, error) {
+	for range 3 { // another pick only if a retired in between: rare
+		a := s.routes.lookup(host)
+		if a == nil {
+			break
+		}
+		ok, retired := a.acquire(int64(s.cfg.MaxStreamsPerAgent))
+		if ok {
+			return a, nil
+		}
+		if !retired {
+			return nil, s.limitError(LimitStreamsPerAgent, addr,
+				fmt.Sprintf("agent %s at its stream limit (%d)", a.node, s.cfg.MaxStreamsPerAgent))
+		}
+	}
+	return nil, &DialError{Result: ResultNoAgent, Address: addr}
+}
+
+// replaceOlder retires every other session of a's node.
+func (s *Server) replaceOlder(a *agentConn) {
+	for _, old := range s.routes.takeOver(a) {
+		s.log.Info("agent session replaced by a newer one for the same node; closing it once its tunnels end",
+			"node", old.node, "tunnels", old.streams.Load(), "timeout", s.cfg.ReplacedDrainTimeout)
+		old.retire()
+	}
+}
+
+// drainReplaced waits until a retired session carries no tunnel, or
+// ReplacedDrainTimeout passes, or it ends by itself; then closes it.
+func (s *Server) drainReplaced(a *agentConn) {
+	defer a.sess.Close()
+	t := time.NewTimer(s.cfg.ReplacedDrainTimeout)
+	defer t.Stop()
+	for a.streams.Load() > 0 {
+		select {
+		case <-a.idle:
+		case <-a.done:
+			return
+		case <-t.C:
+			s.log.Warn("replaced session's drain timeout passed; closing its tunnels", "node", a.node, "tunnels", a.streams.Load())
+			return
+		}
+	}
+	s.log.Info("replaced session closed", "node", a.node)
+}

@@ -1,0 +1,46 @@
+package tunnel
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+)
+
+func TestDestPolicy(t *testing.T) {
+	p := newDestPolicy(
+		[]netip.Addr{netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("127.0.0.1")},
+		[]netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("0.0.0.0/0")},
+		[]netip.Prefix{netip.MustParsePrefix("10.96.0.0/12"), netip.MustParsePrefix("fd00:ec2::254/128")},
+		nil)
+	narrow := newDestPolicy([]netip.Addr{netip.MustParseAddr("10.0.0.5")}, nil, nil, []uint16{10250, 443})
+	for _, c := range []struct {
+		p    *destPolicy
+		addr string
+		ok   bool
+	}{
+		{p, "10.0.0.5:10250", true},            // node IP
+		{p, "[::ffff:10.0.0.5]:10250", true},   // the same, IPv4-mapped
+		{p, "10.244.1.7:8080", true},           // pod range
+		{p, "10.100.0.1:443", true},            // allowed range (services)
+		{p, "127.0.0.1:10250", true},           // loopback named as a node IP
+		{p, "127.0.0.2:10250", false},          // other loopback: the 0/0 pod range does not let it in
+		{p, "169.254.169.254:80", false},       // metadata
+		{p, "[fe80::1]:80", false},             // link-local
+		{p, "[fd00:ec2::254]:80", true},        // metadata v6, but allowed explicitly
+		{p, "0.0.0.0:80", false},               // unspecified
+		{p, "224.0.0.1:80", false},             // multicast
+		{p, "192.168.1.1:22", true},            // via the 0/0 pod range
+		{narrow, "10.0.0.5:10250", true},       // allowed port
+		{narrow, "10.0.0.5:22", false},         // port not allowed
+		{narrow, "10.0.0.6:443", false},        // not the node
+		{narrow, "[fd00:ec2::254]:443", false}, // metadata v6 by name
+		{narrow, "[::1]:443", false},           // loopback v6
+	} {
+		ap := netip.MustParseAddrPort(c.addr)
+		err := c.p.check(ap.Addr(), ap.Port())
+		var fe *forbiddenError
+		if c.ok != (err == nil) || err != nil && !errors.As(err, &fe) {
+			t.Errorf("check(%s) = %v, want allowed=%v", c.addr, err, c.ok)
+		}
+	}
+}

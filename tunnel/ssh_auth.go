@@ -1,0 +1,240 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/tunnel-project/tunnel/certs"
+)
+
+// SSHServerConfig configures the server's SSH listener for agents
+// (Server.ServeSSHAgents). An agent proves its node by a key listed in
+// AuthorizedKeys or by a user certificate signed by one of UserCAs; at
+// least one of the two is required.
+type SSHServerConfig struct {
+	// HostKeys are the server's host keys (ssh.NewCertSigner makes one
+	// present a host certificate). At least one.
+	HostKeys []ssh.Signer
+	// AuthorizedKeys are agent keys and the nodes and IPs each proves
+	// (certs.LoadSSHAuthorizedKeys: the principals="NODE" option).
+	AuthorizedKeys []certs.SSHAuthorizedKey
+	// UserCAs sign agent user certificates; a certificate proves the nodes
+	// its principals name ("system:node:NAME" or "NAME") and the IPs of its
+	// certs.SSHNodeIPsExtension.
+	UserCAs []ssh.PublicKey
+}
+
+// Validate reports the first setting that cannot work, as a *ConfigError.
+func (c *SSHServerConfig) Validate() error {
+	switch {
+	case len(c.HostKeys) == 0:
+		return &ConfigError{Field: "SSH.HostKeys", Msg: "a host key is required"}
+	case len(c.AuthorizedKeys) == 0 && len(c.UserCAs) == 0:
+		return &ConfigError{Field: "SSH.AuthorizedKeys", Msg: "authorized keys or a user CA are required"}
+	}
+	return nil
+}
+
+// identityKey is the ssh.Permissions.ExtraData key of the agent's Identity.
+type identityKey struct{}
+
+// serverConfig builds the x/crypto/ssh configuration: public-key
+// authentication only, against AuthorizedKeys and UserCAs.
+func (c *SSHServerConfig) serverConfig() *ssh.ServerConfig {
+	keys := make(map[string]certs.SSHAuthorizedKey, len(c.AuthorizedKeys))
+	for _, k := range c.AuthorizedKeys {
+		keys[string(k.Key.Marshal())] = k
+	}
+	cas := make(map[string]bool, len(c.UserCAs))
+	for _, k := range c.UserCAs {
+		cas[string(k.Marshal())] = true
+	}
+	checker := &ssh.CertChecker{
+		IsUserAuthority:          func(k ssh.PublicKey) bool { return cas[string(k.Marshal())] },
+		SupportedCriticalOptions: []string{"source-address"}, // enforced by x/crypto/ssh
+	}
+	sc := &ssh.ServerConfig{
+		ServerVersion: "SSH-2.0-tunnel-server",
+		PublicKeyCallback: func(_ ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+			var id Identity
+			var err error
+			if cert, ok := key.(*ssh.Certificate); ok {
+				id, err = certIdentity(checker, cert)
+			} else if k, ok := keys[string(key.Marshal())]; ok {
+				id = Identity{Transport: TransportSSH, Subject: "ssh key " + ssh.FingerprintSHA256(key), Nodes: k.Nodes, IPs: k.IPs}
+			} else {
+				err = fmt.Errorf("ssh key %s is not authorized", ssh.FingerprintSHA256(key))
+			}
+			if err != nil {
+				return nil, err
+			}
+			perms := &ssh.Permissions{ExtraData: map[any]any{identityKey{}: id}}
+			if cert, ok := key.(*ssh.Certificate); ok {
+				perms.CriticalOptions = cert.CriticalOptions
+			}
+			return perms, nil
+		},
+	}
+	for _, k := range c.HostKeys {
+		sc.AddHostKey(k)
+	}
+	return sc
+}
+
+// certIdentity checks an agent's user certificate — type, signing CA,
+// validity window, critical options, signature — and returns what its
+// principals prove. A certificate without principals would be valid for
+// every user in OpenSSH's reading; here it proves nothing and is refused.
+func certIdentity(checker *ssh.CertChecker, cert *ssh.Certificate) (Identity, error) {
+	switch {
+	case cert.CertType != ssh.UserCert:
+		return Identity{}, errors.New("ssh certificate is not a user certificate")
+	case !checker.IsUserAuthority(cert.SignatureKey):
+		return Identity{}, errors.New("ssh certificate signed by an unknown CA")
+	case len(cert.ValidPrincipals) == 0:
+		return Identity{}, errors.New("ssh certificate names no principal")
+	}
+	if err := checker.CheckCert(cert.ValidPrincipals[0], cert); err != nil {
+		return Identity{}, err
+	}
+	id := Identity{Transport: TransportSSH, Nodes: certs.SSHNodeNames(cert.ValidPrincipals),
+		Subject: fmt.Sprintf("ssh certificate %q serial %d", cert.KeyId, cert.Serial)}
+	if v, ok := cert.Extensions[certs.SSHNodeIPsExtension]; ok {
+		ips, err := certs.SSHIPs(v)
+		if err != nil {
+			return Identity{}, fmt.Errorf("ssh certificate extension %s: %w", certs.SSHNodeIPsExtension, err)
+		}
+		id.IPs = ips
+	}
+	return id, nil
+}
+
+// ServeSSHAgents accepts agents over SSH on ln until ln or the server
+// closes. After the SSH handshake an agent goes through the same hello,
+// admission, registration, keepalive and drain as on ServeAgents.
+func (s *Server) ServeSSHAgents(ln net.Listener, cfg SSHServerConfig) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	sc := cfg.serverConfig()
+	return s.serve(ln, func(raw net.Conn) { s.handleSSHAgent(raw, sc) })
+}
+
+// handleSSHAgent runs the SSH handshake within the handshake timeout, then
+// the common registration (runAgent).
+func (s *Server) handleSSHAgent(raw net.Conn, sc *ssh.ServerConfig) {
+	defer raw.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
+	defer cancel()
+	sess, err := acceptSSH(ctx, raw, sc)
+	if err != nil {
+		s.handshakeLimit(ctx)
+		s.reject(RejectHandshake)
+		s.log.Warn("agent rejected", "remote", raw.RemoteAddr().String(), "transport", TransportSSH, "kind", RejectHandshake, "err", err)
+		return
+	}
+	s.runAgent(ctx, sess, raw.RemoteAddr().String())
+}
+
+// acceptSSH completes the server side of an SSH agent connection.
+func acceptSSH(ctx context.Context, raw net.Conn, sc *ssh.ServerConfig) (Session, error) {
+	stop := bindDeadline(ctx, raw)
+	conn, chans, reqs, err := ssh.NewServerConn(raw, sc)
+	stop()
+	if err != nil {
+		return nil, fmt.Errorf("ssh handshake: %w", err)
+	}
+	id, ok := conn.Permissions.ExtraData[identityKey{}].(Identity)
+	if !ok { // cannot happen: every accepted key carries one
+		conn.Close()
+		return nil, errors.New("ssh handshake: no identity")
+	}
+	return newSSHSession(conn, chans, reqs, id, true), nil
+}
+
+// bindDeadline makes c's deadline ctx's, and ends it early if ctx is
+// canceled, for handshakes that take no context; the returned function
+// clears it.
+func bindDeadline(ctx context.Context, c net.Conn) func() {
+	if d, ok := ctx.Deadline(); ok {
+		c.SetDeadline(d)
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	return func() {
+		stop()
+		c.SetDeadline(time.Time{})
+	}
+}
+
+// AgentSSHConfig configures an agent's SSH transport (AgentConfig.SSH).
+type AgentSSHConfig struct {
+	// Signer is the agent's private key (certs.LoadSSHSigner), presenting
+	// its user certificate if it has one.
+	Signer ssh.Signer
+	// HostKeyCallback verifies the server's host key or host certificate,
+	// typically knownhosts.New over a known_hosts file. Required: there is
+	// no default, and never one that accepts any key.
+	HostKeyCallback ssh.HostKeyCallback
+	// HostKeyAlgorithms, if set, limits the host key types the agent
+	// accepts (list the known_hosts key's type when the server has several).
+	HostKeyAlgorithms []string
+	// User is the SSH user name the agent logs in as. Default: NodeName.
+	// The server takes the node from the key or certificate, not from it.
+	User string
+}
+
+func (c *AgentSSHConfig) validate() error {
+	switch {
+	case c.Signer == nil:
+		return &ConfigError{Field: "SSH.Signer", Msg: "a private key is required"}
+	case c.HostKeyCallback == nil:
+		return &ConfigError{Field: "SSH.HostKeyCallback", Msg: "a known_hosts file to verify the server is required"}
+	}
+	return nil
+}
+
+// dialSSH connects an agent to the server's SSH listener at addr.
+func dialSSH(ctx context.Context, addr string, c *AgentSSHConfig, user string) (Session, error) {
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	var hostKey ssh.PublicKey
+	cc := &ssh.ClientConfig{
+		User:              user,
+		Auth:              []ssh.AuthMethod{ssh.PublicKeys(c.Signer)},
+		HostKeyAlgorithms: c.HostKeyAlgorithms,
+		ClientVersion:     "SSH-2.0-tunnel-agent",
+		HostKeyCallback: func(host string, remote net.Addr, key ssh.PublicKey) error {
+			hostKey = key
+			return c.HostKeyCallback(host, remote, key)
+		},
+	}
+	stop := bindDeadline(ctx, raw)
+	conn, chans, reqs, err := ssh.NewClientConn(raw, addr, cc)
+	stop()
+	if err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("ssh handshake with %s: %w", addr, err)
+	}
+	peer := Identity{Transport: TransportSSH, Subject: "ssh host key " + ssh.FingerprintSHA256(hostKey)}
+	return newSSHSession(conn, chans, reqs, peer, false), nil
+}
+
+// dialSession connects to the server over the configured transport.
+func (a *Agent) dialSession(ctx context.Context) (Session, error) {
+	if c := a.cfg.SSH; c != nil {
+		user := c.User
+		if user == "" {
+			user = a.cfg.NodeName
+		}
+		return dialSSH(ctx, a.cfg.ServerAddress, c, user)
+	}
+	return dialTLS(ctx, a.cfg.ServerAddress, a.tls, a.cfg.KeepaliveTimeout)
+}
