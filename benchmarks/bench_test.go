@@ -28,7 +28,7 @@ func BenchmarkUpload(b *testing.B) {
 	e := env(b)
 	for _, size := range writeSizes {
 		for _, p := range e.paths() {
-			b.Run(sizeName(size)+"/"+p.name, func(b *testing.B) { benchUpload(b, p.d, size) })
+			b.Run(sizeName(size)+"/"+p.name, func(b *testing.B) { p.skipIfCannot(b); benchUpload(b, p.d, size) })
 		}
 	}
 }
@@ -50,7 +50,7 @@ func BenchmarkDownload(b *testing.B) {
 	e := env(b)
 	for _, size := range writeSizes {
 		for _, p := range e.paths() {
-			b.Run(sizeName(size)+"/"+p.name, func(b *testing.B) { benchDownload(b, p.d, size) })
+			b.Run(sizeName(size)+"/"+p.name, func(b *testing.B) { p.skipIfCannot(b); benchDownload(b, p.d, size) })
 		}
 	}
 }
@@ -72,6 +72,7 @@ func benchDownload(b *testing.B, d Dialer, size int) {
 func BenchmarkRoundTrip64(b *testing.B) {
 	for _, p := range env(b).paths() {
 		b.Run(p.name, func(b *testing.B) {
+			p.skipIfCannot(b)
 			c := open(b, p.d, Header{Mode: ModeEcho})
 			msg, buf := make([]byte, 64), make([]byte, 64)
 			c.SetDeadline(time.Now().Add(10 * time.Minute))
@@ -93,6 +94,7 @@ func BenchmarkRoundTrip64(b *testing.B) {
 func BenchmarkDial(b *testing.B) {
 	for _, p := range env(b).paths() {
 		b.Run(p.name, func(b *testing.B) {
+			p.skipIfCannot(b)
 			msg, buf := make([]byte, 64), make([]byte, 64)
 			b.ReportAllocs()
 			for i := 0; i < b.N; i++ {

@@ -34,6 +34,9 @@ type inProcess struct {
 	stops  []func()
 
 	sshTunnel ConnectDialer // the tunnel path over the SSH transport (ssh_test.go)
+
+	fallbackTunnel ConnectDialer // the SSH fallback through sshd (ssh_fallback_test.go)
+	fallbackSkip   string        // why that path cannot run here, if it cannot
 }
 
 var (
@@ -85,7 +88,10 @@ func startInProcess() (_ *inProcess, err error) {
 	if err := e.startAgent(files, agentAddr); err != nil {
 		return nil, err
 	}
-	return e, e.startSSH(files)
+	if err := e.startSSH(files); err != nil {
+		return nil, err
+	}
+	return e, e.startSSHFallback(files)
 }
 
 func (e *inProcess) stop() {
@@ -173,15 +179,26 @@ func (e *inProcess) startAgent(files certs.Files, serverAddr string) error {
 	return e.srv.WaitAgents(wctx, 1)
 }
 
-// paths returns the two ways to the target: the tunnel and the baseline.
-func (e *inProcess) paths() []struct {
+// path is one way to the target; skip says why it cannot run here.
+type path struct {
 	name string
 	d    Dialer
-} {
-	return []struct {
-		name string
-		d    Dialer
-	}{{"direct", e.direct}, {"tunnel", e.tunnel}, {"tunnel-ssh", e.sshTunnel}}
+	skip string
+}
+
+// paths returns the ways to the target: the baseline, the tunnel over each
+// agent transport, and the SSH fallback.
+func (e *inProcess) paths() []path {
+	return []path{{"direct", e.direct, ""}, {"tunnel", e.tunnel, ""}, {"tunnel-ssh", e.sshTunnel, ""},
+		{"tunnel-ssh-fallback", e.fallbackTunnel, e.fallbackSkip}}
+}
+
+// skipIfCannot skips tb, with the reason, where p cannot run.
+func (p path) skipIfCannot(tb testing.TB) {
+	tb.Helper()
+	if p.skip != "" {
+		tb.Skip(p.skip)
+	}
 }
 
 // sizeName spells a byte count the way the benchmark names use it.

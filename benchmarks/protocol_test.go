@@ -10,10 +10,11 @@ import (
 	"time"
 )
 
-// TestModes runs every target mode over both paths and checks the bytes.
+// TestModes runs every target mode over every path and checks the bytes.
 func TestModes(t *testing.T) {
 	for _, p := range env(t).paths() {
 		t.Run(p.name, func(t *testing.T) {
+			p.skipIfCannot(t)
 			const n = 3*Period + 12345 // wraps the pattern block
 			up := open(t, p.d, Header{Mode: ModeSink, Seed: 7})
 			if sent, err := UploadN(up, NewPattern(7), ChunkSize, n); err != nil || sent != n {

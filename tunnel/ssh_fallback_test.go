@@ -1,20 +1,10 @@
 package tunnel
 
 import (
-	"bufio"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/pem"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"os/exec"
-	"os/user"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/tunnel-project/tunnel/internal/sshdtest"
 )
 
 // The SSH fallback against a real OpenSSH server: sshd (Debian's
@@ -29,122 +21,39 @@ import (
 // loopback address and port, with its own host key, configuration and
 // authorized_keys — no system sshd, no port 22.
 
-const sshdPath = "/usr/sbin/sshd"
-
-// realSSHD is a running sshd and what a client needs to use it.
-type realSSHD struct {
-	ip      netip.Addr
-	port    uint16
-	user    string
-	hostKey ssh.PublicKey
-	client  ssh.Signer // a key its authorized_keys holds
-}
-
 // startSSHD runs sshd on ip until the test ends. It needs root (sshd's
 // privilege separation) and skips the test without sshd or root.
 func startSSHD(t *testing.T, ip string) *realSSHD {
 	t.Helper()
-	if _, err := os.Stat(sshdPath); err != nil {
-		t.Skipf("no %s (apt-get install openssh-server)", sshdPath)
+	if why := sshdtest.Unavailable(); why != "" {
+		t.Skip(why)
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("sshd needs root")
-	}
-	if err := os.MkdirAll("/run/sshd", 0o755); err != nil { // privilege separation directory
-		t.Fatal(err)
-	}
-	u, err := user.Current()
+	d, err := sshdtest.Start(t.TempDir(), ip, func(line string) { t.Log(line) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	os.Chmod(dir, 0o755)
-	d := &realSSHD{ip: netip.MustParseAddr(ip), user: u.Username, client: newSSHKey(t)}
-	hostKeyPath := filepath.Join(dir, "ssh_host_ed25519_key")
-	d.hostKey = writeOpenSSHKey(t, hostKeyPath)
-	writeFile(t, filepath.Join(dir, "authorized_keys"), string(ssh.MarshalAuthorizedKey(d.client.PublicKey())))
-	d.port = freePort(t, ip)
-	conf := fmt.Sprintf(`ListenAddress %s:%d
-HostKey %s
-AuthorizedKeysFile %s
-PidFile none
-UsePAM no
-StrictModes no
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-AllowUsers %s
-AllowTcpForwarding yes
-LogLevel VERBOSE
-`, ip, d.port, hostKeyPath, filepath.Join(dir, "authorized_keys"), d.user)
-	confPath := filepath.Join(dir, "sshd_config")
-	writeFile(t, confPath, conf)
-	cmd := exec.Command(sshdPath, "-D", "-e", "-f", confPath)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	ready := make(chan struct{})
-	go func() { // ends when sshd exits and closes stderr
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			t.Log("sshd: " + sc.Text())
-			if strings.Contains(sc.Text(), "Server listening on") {
-				close(ready)
-			}
-		}
-	}()
-	select {
-	case <-ready:
-	case <-time.After(10 * time.Second):
-		t.Fatal("sshd did not start listening")
-	}
-	return d
+	t.Cleanup(func() { d.Close() })
+	return &realSSHD{d}
 }
 
-// freePort returns a port nothing listens on at ip now, for sshd, which
-// cannot be handed a listener.
-func freePort(t *testing.T, ip string) uint16 {
-	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return uint16(ln.Addr().(*net.TCPAddr).Port)
-}
-
-func writeOpenSSHKey(t *testing.T, path string) ssh.PublicKey {
-	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-	block, err := ssh.MarshalPrivateKey(priv, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, path, string(pem.EncodeToMemory(block)))
-	p, _ := ssh.NewPublicKey(pub)
-	return p
-}
+// realSSHD is a running sshd and what a client needs to use it.
+type realSSHD struct{ *sshdtest.Server }
 
 // fallbackConfig is a fallback to d whose known_hosts holds hostKey.
 func (d *realSSHD) fallbackConfig(t *testing.T, hostKey ssh.PublicKey) SSHFallbackConfig {
-	addr := net.JoinHostPort(d.ip.String(), strconv.Itoa(int(d.port)))
-	cb, err := knownhosts.New(writeKnownHosts(t, t.TempDir(), addr, hostKey, false))
+	cb, err := knownhosts.New(writeKnownHosts(t, t.TempDir(), d.Addr(), hostKey, false))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return SSHFallbackConfig{CIDRs: []netip.Prefix{netip.PrefixFrom(d.ip, 32)}, User: d.user, Signer: d.client,
-		HostKeyCallback: cb, Port: d.port, MinBackoff: time.Second, MaxBackoff: 2 * time.Second}
+	return SSHFallbackConfig{CIDRs: []netip.Prefix{netip.PrefixFrom(d.IP, 32)}, User: d.User, Signer: d.Client,
+		HostKeyCallback: cb, Port: d.Port, MinBackoff: time.Second, MaxBackoff: 2 * time.Second}
 }
 
 func TestSSHFallbackThroughOpenSSH(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	h := newHarness(t, func(c *ServerConfig) { c.Registerer = reg })
 	d := startSSHD(t, "127.0.0.2") // node-b's address; node-b has no agent yet
-	if err := h.srv.EnableSSHFallback(d.fallbackConfig(t, d.hostKey)); err != nil {
+	if err := h.srv.EnableSSHFallback(d.fallbackConfig(t, d.HostKey)); err != nil {
 		t.Fatal(err)
 	}
 	echo := startEcho(t, "127.0.0.2:0")
