@@ -32,9 +32,10 @@ const (
 	RejectIdentity  = "identity"  // the certificate does not prove the node name
 	RejectRoutes    = "routes"    // IPs, pod CIDRs or default route the server will not accept
 	RejectLimit     = "limit"     // the server holds MaxAgents sessions already
+	RejectNode      = "node"      // the node source (ServerConfig.Nodes) knows no such node
 )
 
-var rejectReasons = []string{RejectHandshake, RejectHello, RejectVersion, RejectIdentity, RejectRoutes, RejectLimit}
+var rejectReasons = []string{RejectHandshake, RejectHello, RejectVersion, RejectIdentity, RejectRoutes, RejectLimit, RejectNode}
 
 // frontendCodes are the statuses the CONNECT frontend answers with; their
 // series exist from the start, at zero.

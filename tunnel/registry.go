@@ -17,6 +17,7 @@ type agentConn struct {
 	sess         Session
 	ips          []netip.Addr
 	cidrs        []netip.Prefix
+	hosts        []string // further names routed to it (nodes.go)
 	defaultRoute bool
 	streams      atomic.Int64    // tunnels (dialing or open), for load spreading and MaxStreamsPerAgent
 	done         <-chan struct{} // the session's Done: lookups skip a dead session at once
@@ -72,8 +73,12 @@ func (s *Server) runAgent(ctx context.Context, sess Session, remote string) {
 		return
 	}
 	defer s.sessions.leave()
+	ips, cidrs, def := a.ips, a.cidrs, a.defaultRoute // a node change may rebind a once routed (nodes.go)
 	// Routes first, so that an agent told it is registered is routable.
 	s.routes.add(a)
+	if s.cfg.Nodes != nil {
+		s.syncNode(a.node) // a change since admit
+	}
 	ctrl.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if err := encodeJSONFrame(ctrl, frameHelloReply, HelloReply{Version: ProtocolVersion, ServerID: s.cfg.ID}); err != nil {
 		s.routes.remove(a)
@@ -83,7 +88,7 @@ func (s *Server) runAgent(ctx context.Context, sess Session, remote string) {
 	}
 	ctrl.SetDeadline(time.Time{})
 	s.metrics.registrations.Inc()
-	s.log.Info("agent registered", "node", a.node, "remote", remote, "ips", a.ips, "podCIDRs", a.cidrs, "defaultRoute", a.defaultRoute)
+	s.log.Info("agent registered", "node", a.node, "remote", remote, "ips", ips, "podCIDRs", cidrs, "defaultRoute", def)
 	s.replaceOlder(a) // duplicate.go
 	done := make(chan struct{}, 2)
 	go func() {
@@ -137,6 +142,9 @@ func (s *Server) admit(sess Session, h Hello) (*agentConn, error) {
 		return nil, rejection(RejectIdentity, "certificate %q does not prove node name %q (want CN=system:node:%s or a DNS SAN %s)", peer.Subject, h.Node, node, node)
 	}
 	a := &agentConn{node: node, sess: sess, done: sess.Done(), defaultRoute: h.DefaultRoute}
+	if s.cfg.Nodes != nil {
+		return s.admitNode(a, h) // nodes.go: routes from the node source
+	}
 	for _, ip := range h.IPs {
 		ip = ip.Unmap()
 		if !ip.IsValid() {

@@ -13,6 +13,7 @@ import (
 type routes struct {
 	mu       sync.RWMutex
 	names    map[string][]*agentConn       // node name → agents, newest last
+	hosts    map[string][]*agentConn       // further hostname → agents, newest last (nodes.go)
 	ips      map[netip.Addr][]*agentConn   // node IP → agents, newest last
 	prefixes map[netip.Prefix][]*agentConn // pod CIDR → agents, newest last
 	lens4    []int                         // distinct IPv4 prefix lengths, longest first
@@ -24,6 +25,7 @@ type routes struct {
 func newRoutes() *routes {
 	return &routes{
 		names:    make(map[string][]*agentConn),
+		hosts:    make(map[string][]*agentConn),
 		ips:      make(map[netip.Addr][]*agentConn),
 		prefixes: make(map[netip.Prefix][]*agentConn),
 		changed:  make(chan struct{}),
@@ -34,7 +36,15 @@ func newRoutes() *routes {
 func (t *routes) add(a *agentConn) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.addLocked(a)
+	t.reindexLocked()
+}
+
+func (t *routes) addLocked(a *agentConn) {
 	t.names[a.node] = append(t.names[a.node], a)
+	for _, h := range a.hosts {
+		t.hosts[h] = append(t.hosts[h], a)
+	}
 	for _, ip := range a.ips {
 		t.ips[ip] = append(t.ips[ip], a)
 	}
@@ -44,7 +54,6 @@ func (t *routes) add(a *agentConn) {
 	if a.defaultRoute {
 		t.defaults = append(t.defaults, a)
 	}
-	t.reindexLocked()
 }
 
 // remove drops a from every route; other agents for the same node remain.
@@ -77,6 +86,9 @@ func (t *routes) takeOver(a *agentConn) []*agentConn {
 
 func (t *routes) removeLocked(a *agentConn) {
 	dropFrom(t.names, a.node, a)
+	for _, h := range a.hosts {
+		dropFrom(t.hosts, h, a)
+	}
 	for _, ip := range a.ips {
 		dropFrom(t.ips, ip, a)
 	}
@@ -131,10 +143,19 @@ func (t *routes) lookup(host string) *agentConn {
 		if a := t.lookupIPLocked(ip.Unmap()); a != nil {
 			return a
 		}
-	} else if a := newestLive(t.names[strings.ToLower(host)]); a != nil {
+	} else if a := t.lookupNameLocked(strings.ToLower(host)); a != nil {
 		return a
 	}
 	return leastLoaded(t.defaults)
+}
+
+// lookupNameLocked prefers the node of that name to a node that has it as
+// a further hostname.
+func (t *routes) lookupNameLocked(name string) *agentConn {
+	if a := newestLive(t.names[name]); a != nil {
+		return a
+	}
+	return newestLive(t.hosts[name])
 }
 
 func (t *routes) lookupIPLocked(ip netip.Addr) *agentConn {

@@ -28,6 +28,12 @@ type ServerConfig struct {
 	// agents declare them, without proof from their certificates. Weaker:
 	// a compromised node could attract another node's traffic.
 	TrustAgentRoutes bool
+	// Nodes, if set, is the record of the cluster's nodes that agents' routes
+	// come from (nodes.go; tunnel-server --kubeconfig): an agent gets its
+	// node's IPs, hostnames, pod CIDRs and default route, and what it
+	// declares is only checked. Excludes TrustAgentRoutes. Nil: routes come
+	// from certificates (and TrustAgentRoutes).
+	Nodes NodeSource
 	// DialTimeout bounds each tunneled dial on the node. Default 10s.
 	DialTimeout time.Duration
 	// HandshakeTimeout bounds an agent's TLS handshake and hello. Default 10s.
@@ -94,6 +100,8 @@ func (c *ServerConfig) Validate() error {
 		return &ConfigError{Field: "AgentTLS", Msg: "a server certificate is required"}
 	case c.AgentTLS.ClientCAs == nil && c.AgentTLS.GetConfigForClient == nil:
 		return &ConfigError{Field: "AgentTLS", Msg: "a CA bundle to verify agent certificates is required"}
+	case c.Nodes != nil && c.TrustAgentRoutes:
+		return &ConfigError{Field: "TrustAgentRoutes", Msg: "cannot be set with Nodes: routes come from the node source"}
 	case c.MaxHeaderBytes < 256:
 		return &ConfigError{Field: "MaxHeaderBytes", Msg: "must be at least 256"}
 	}
@@ -121,6 +129,7 @@ type Server struct {
 	pending  gate   // dials in progress
 
 	fallback atomic.Pointer[sshFallback] // nodes without an agent, over their sshd (ssh_fallback.go)
+	nodeMu   sync.Mutex                  // orders node-source lookups with the rebinds they cause (nodes.go)
 
 	mu      sync.Mutex
 	open    map[any]func() error // listeners and connections to close on Close
@@ -154,6 +163,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s.metrics.window.Set(float64(s.window))
 	if err := register(cfg.Registerer, s.metrics.collectors()); err != nil {
 		return nil, err
+	}
+	if cfg.Nodes != nil {
+		cfg.Nodes.Notify(s.syncNode) // nodes.go
 	}
 	return s, nil
 }

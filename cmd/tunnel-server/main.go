@@ -52,9 +52,10 @@ type serverFlags struct {
 	log                              cli.LogFlags
 	reload                           cli.ReloadFlags
 	drainTimeout                     time.Duration
-	ops                              opsFlags // ops.go
-	uds                              udsFlags // limits.go
-	ssh                              sshFlags // ssh.go
+	ops                              opsFlags  // ops.go
+	uds                              udsFlags  // limits.go
+	ssh                              sshFlags  // ssh.go
+	kube                             kubeFlags // kube.go
 }
 
 func (f *serverFlags) bind(fs *pflag.FlagSet) {
@@ -75,6 +76,7 @@ func (f *serverFlags) bind(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long open tunnels may go on while new CONNECTs get 503")
 	f.bindLimits(fs) // limits.go
 	f.ssh.bind(fs)   // ssh.go
+	f.kube.bind(fs)  // kube.go
 	f.reload.Bind(fs)
 	f.log.Bind(fs)
 	f.bindOps(fs)
@@ -153,6 +155,11 @@ func serve(f *serverFlags, fs *pflag.FlagSet) error {
 	if err := f.checkOps(reg); err != nil {
 		return err
 	}
+	stopNodes, err := f.kube.start(&f.cfg, log) // kube.go
+	if err != nil {
+		return err
+	}
+	defer stopNodes()
 	srv, err := tunnel.NewServer(f.cfg)
 	if err != nil {
 		return cli.FromConfig(err, configFlags)
