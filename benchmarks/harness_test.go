@@ -122,21 +122,32 @@ func (e *inProcess) startTarget() error {
 	return nil
 }
 
-func (e *inProcess) startServer(files certs.Files) (string, error) {
+// newServer creates a server with the generated certificates, closed when
+// the harness stops; the caller starts its listeners.
+func (e *inProcess) newServer(files certs.Files) (*tunnel.Server, error) {
 	cert, err := certs.LoadKeyPair(files.ServerCert, files.ServerKey)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	pool, err := certs.LoadPool(files.CACert)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	cfg := tunnel.DefaultServerConfig()
 	cfg.AgentTLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool}
-	if e.srv, err = tunnel.NewServer(cfg); err != nil {
+	srv, err := tunnel.NewServer(cfg)
+	if err != nil {
+		return nil, err
+	}
+	e.stops = append(e.stops, func() { srv.Close() })
+	return srv, nil
+}
+
+func (e *inProcess) startServer(files certs.Files) (string, error) {
+	var err error
+	if e.srv, err = e.newServer(files); err != nil {
 		return "", err
 	}
-	e.stops = append(e.stops, func() { e.srv.Close() })
 	agentLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err

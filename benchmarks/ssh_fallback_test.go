@@ -1,7 +1,6 @@
 package benchmarks
 
 import (
-	"crypto/tls"
 	"net/netip"
 	"path/filepath"
 	"time"
@@ -34,21 +33,10 @@ func (e *inProcess) startSSHFallback(files certs.Files) error {
 		return err
 	}
 	e.stops = append(e.stops, func() { d.Close() })
-	cert, err := certs.LoadKeyPair(files.ServerCert, files.ServerKey)
+	srv, err := e.newServer(files)
 	if err != nil {
 		return err
 	}
-	pool, err := certs.LoadPool(files.CACert)
-	if err != nil {
-		return err
-	}
-	cfg := tunnel.DefaultServerConfig()
-	cfg.AgentTLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool} // unused: no agent listener
-	srv, err := tunnel.NewServer(cfg)
-	if err != nil {
-		return err
-	}
-	e.stops = append(e.stops, func() { srv.Close() })
 	err = srv.EnableSSHFallback(tunnel.SSHFallbackConfig{
 		CIDRs: []netip.Prefix{netip.PrefixFrom(targetIP, 32)}, User: d.User, Signer: d.Client,
 		HostKeyCallback: ssh.FixedHostKey(d.HostKey), Port: d.Port,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/tls"
 	"net"
 	"path/filepath"
 	"time"
@@ -22,21 +21,10 @@ import (
 
 // startSSH starts the SSH server and agent and sets e.sshTunnel.
 func (e *inProcess) startSSH(files certs.Files) error {
-	cert, err := certs.LoadKeyPair(files.ServerCert, files.ServerKey)
+	srv, err := e.newServer(files)
 	if err != nil {
 		return err
 	}
-	pool, err := certs.LoadPool(files.CACert)
-	if err != nil {
-		return err
-	}
-	cfg := tunnel.DefaultServerConfig()
-	cfg.AgentTLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool} // unused: no TLS listener
-	srv, err := tunnel.NewServer(cfg)
-	if err != nil {
-		return err
-	}
-	e.stops = append(e.stops, func() { srv.Close() })
 	hostKey, agentKey := newSigner(), newSigner()
 	sshCfg := tunnel.SSHServerConfig{HostKeys: []ssh.Signer{hostKey},
 		AuthorizedKeys: []certs.SSHAuthorizedKey{{Key: agentKey.PublicKey(), Nodes: []string{benchNode.Name}, IPs: benchNode.IPs}}}
