@@ -57,6 +57,33 @@ func closed(sess Session) bool {
 	}
 }
 
+// pingWithin runs send, a blocking ping, and waits for its answer until ctx
+// ends. If the ping fails or ctx ends first it calls abort, which must make
+// send return (it closes the connection), and it waits for send, so that
+// no goroutine outlives the call.
+func pingWithin(ctx context.Context, send func() (time.Duration, error), abort func()) (time.Duration, error) {
+	type answer struct {
+		rtt time.Duration
+		err error
+	}
+	ch := make(chan answer, 1)
+	go func() {
+		rtt, err := send()
+		ch <- answer{rtt, err}
+	}()
+	select {
+	case a := <-ch:
+		if a.err != nil {
+			abort()
+		}
+		return a.rtt, a.err
+	case <-ctx.Done():
+		abort()
+		<-ch
+		return 0, context.Cause(ctx)
+	}
+}
+
 // ping sends one ping and waits at most timeout for its answer.
 func ping(sess Session, timeout time.Duration) (time.Duration, error) {
 	ctx, cancel := context.WithTimeoutCause(context.Background(), timeout,

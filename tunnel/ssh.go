@@ -204,28 +204,13 @@ func (s *sshSession) Peer() Identity        { return s.peer }
 // Ping sends a ping request and waits for its reply. The connection is
 // closed if ctx ends first, which also ends the request in flight.
 func (s *sshSession) Ping(ctx context.Context) (time.Duration, error) {
-	type answer struct {
-		rtt time.Duration
-		err error
-	}
-	ch := make(chan answer, 1)
-	go func() { // ends with the reply, or when the connection closes
+	send := func() (time.Duration, error) {
 		start := time.Now()
 		ok, _, err := s.conn.SendRequest(sshPingRequest, true, nil)
 		if err == nil && !ok {
 			err = errors.New("ssh ping refused by peer")
 		}
-		ch <- answer{time.Since(start), err}
-	}()
-	select {
-	case a := <-ch:
-		if a.err != nil {
-			s.conn.Close()
-		}
-		return a.rtt, a.err
-	case <-ctx.Done():
-		s.conn.Close()
-		<-ch
-		return 0, context.Cause(ctx)
+		return time.Since(start), err
 	}
+	return pingWithin(ctx, send, func() { s.conn.Close() })
 }

@@ -311,7 +311,7 @@ func (f *sshFallback) watch(ip netip.Addr, n *fallbackNode, c *ssh.Client) {
 		case <-done:
 			alive = false
 		case <-t.C:
-			alive = f.ping(c, done)
+			alive = f.ping(c)
 		}
 	}
 	c.Close()
@@ -325,25 +325,18 @@ func (f *sshFallback) watch(ip netip.Addr, n *fallbackNode, c *ssh.Client) {
 }
 
 // ping sends OpenSSH's keepalive request; any answer, even a refusal,
-// proves the node alive.
-func (f *sshFallback) ping(c *ssh.Client, done <-chan struct{}) bool {
-	answered := make(chan error, 1)
-	go func() { // ends with the answer, or when c closes
+// proves the node alive. An unanswered ping closes c.
+func (f *sshFallback) ping(c *ssh.Client) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), f.cfg.KeepaliveTimeout)
+	defer cancel()
+	_, err := pingWithin(ctx, func() (time.Duration, error) {
 		_, _, err := c.SendRequest("keepalive@openssh.com", true, nil)
-		answered <- err
-	}()
-	t := time.NewTimer(f.cfg.KeepaliveTimeout)
-	defer t.Stop()
-	select {
-	case err := <-answered:
-		return err == nil
-	case <-t.C:
+		return 0, err
+	}, func() { c.Close() })
+	if ctx.Err() != nil {
 		f.srv.log.Warn("ssh fallback: keepalive unanswered; closing", "timeout", f.cfg.KeepaliveTimeout)
-	case <-done:
 	}
-	c.Close()
-	<-answered
-	return false
+	return err == nil
 }
 
 // close ends every node connection and waits for their watchers.

@@ -140,25 +140,7 @@ func (y *yamuxSession) Done() <-chan struct{} { return y.s.CloseChan() }
 func (y *yamuxSession) Peer() Identity        { return y.peer }
 
 func (y *yamuxSession) Ping(ctx context.Context) (time.Duration, error) {
-	type answer struct {
-		rtt time.Duration
-		err error
-	}
-	ch := make(chan answer, 1)
-	go func() { // ends within ConnectionWriteTimeout, or when the session closes
-		rtt, err := y.s.Ping()
-		ch <- answer{rtt, err}
-	}()
-	select {
-	case a := <-ch:
-		if a.err != nil {
-			y.abort()
-		}
-		return a.rtt, a.err
-	case <-ctx.Done():
-		y.abort()
-		return 0, context.Cause(ctx)
-	}
+	return pingWithin(ctx, y.s.Ping, y.abort)
 }
 
 // abort closes a session whose peer is gone. Closing the TCP connection
