@@ -54,6 +54,11 @@ type AgentConfig struct {
 	// StableAfter is how long a session must last for the backoff to reset.
 	// Default 30s.
 	StableAfter time.Duration
+	// ProbeInterval is how often, on average, an agent that holds a session
+	// to some replicas but not to all looks for the others through the
+	// server address (ha.go); each wait is drawn between half and one and a
+	// half times it, so a fleet's probes spread out. Default 10s.
+	ProbeInterval time.Duration
 	// DrainTimeout is how long tunnels in flight may go on after the
 	// agent's context ends (it has told the server to route nothing new to
 	// it). Default 30s.
@@ -86,6 +91,7 @@ func DefaultAgentConfig() AgentConfig {
 		MinBackoff:       500 * time.Millisecond,
 		MaxBackoff:       30 * time.Second,
 		StableAfter:      30 * time.Second,
+		ProbeInterval:    10 * time.Second,
 
 		KeepaliveInterval: DefaultKeepaliveInterval,
 		KeepaliveTimeout:  DefaultKeepaliveTimeout,
@@ -118,24 +124,37 @@ func (c *AgentConfig) Validate() error {
 		checkPositive("HandshakeTimeout", c.HandshakeTimeout),
 		checkPositive("DrainTimeout", c.DrainTimeout),
 		checkPositive("MinBackoff", c.MinBackoff),
+		checkPositive("ProbeInterval", c.ProbeInterval),
 		checkPositive("KeepaliveInterval", c.KeepaliveInterval),
 		checkPositive("KeepaliveTimeout", c.KeepaliveTimeout))
 }
 
 // RejectedError is the server's refusal to register the agent.
-type RejectedError struct{ Reason string }
+type RejectedError struct {
+	Reason   string
+	ServerID string // the replica that refused
+	// Held says the agent already holds a session to that replica: not a
+	// failure, the answer to a probe for another replica (ha.go).
+	Held bool
+}
 
 func (e *RejectedError) Error() string { return "registration rejected by server: " + e.Reason }
 
-// Agent keeps a session to the server and dials on its behalf.
+// Agent keeps a session to every server replica and dials on their behalf.
 type Agent struct {
-	cfg        AgentConfig
-	log        *slog.Logger
-	tls        *tls.Config
-	registered atomic.Bool
-	metrics    *agentMetrics
-	policy     *destPolicy    // which destinations may be dialed (policy.go)
-	wg         sync.WaitGroup // stream handlers
+	cfg     AgentConfig
+	log     *slog.Logger
+	tls     *tls.Config
+	metrics *agentMetrics
+	policy  *destPolicy    // which destinations may be dialed (policy.go)
+	wg      sync.WaitGroup // sessions and their stream handlers
+
+	resetBackoff atomic.Bool // a session lasted StableAfter
+
+	mu      sync.Mutex
+	held    map[string]bool // IDs of the replicas this agent holds a registered session to
+	want    int             // the replica count the servers last reported, at least 1
+	changed chan struct{}   // closed and replaced when held or want changes
 }
 
 // NewAgent validates cfg and returns an Agent ready to Run.
@@ -153,12 +172,12 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	}
 	cfg.NodeName = strings.ToLower(cfg.NodeName)
 	a := &Agent{cfg: cfg, log: logger(cfg.Logger), tls: t,
-		policy: newDestPolicy(cfg.NodeIPs, cfg.PodCIDRs, cfg.AllowCIDRs, cfg.AllowPorts)}
-	a.metrics = newAgentMetrics(func() float64 {
-		if a.registered.Load() {
-			return 1
-		}
-		return 0
+		policy: newDestPolicy(cfg.NodeIPs, cfg.PodCIDRs, cfg.AllowCIDRs, cfg.AllowPorts),
+		held:   make(map[string]bool), want: 1, changed: make(chan struct{})}
+	a.metrics = newAgentMetrics(func() (held, want int) {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return len(a.held), a.want
 	})
 	if err := register(cfg.Registerer, a.metrics.collectors()); err != nil {
 		return nil, err
@@ -167,61 +186,183 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 }
 
 // Registered reports whether the agent holds a registered session now.
-func (a *Agent) Registered() bool { return a.registered.Load() }
+func (a *Agent) Registered() bool {
+	held, _ := a.Servers()
+	return held > 0
+}
 
-// Run connects, serves and reconnects until ctx ends, then closes the
-// session and waits for its streams. It returns nil after ctx ends.
+// Servers returns the number of server replicas the agent holds a
+// registered session to, and the number of replicas the servers reported.
+func (a *Agent) Servers() (held, want int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.held), a.want
+}
+
+// Run connects, serves and reconnects until ctx ends, then drains its
+// sessions and waits for their streams. It returns nil after ctx ends.
+//
+// It connects whenever it holds fewer sessions than there are replicas:
+// at once the first time; after a jittered exponential backoff while it
+// holds none; and after about ProbeInterval while it holds some (it still
+// serves, and a fleet of agents looking for a replica must not storm the
+// others).
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.wg.Wait()
 	backoff := a.cfg.MinBackoff
+	first := true
 	for {
-		start := time.Now()
-		err := a.runSession(ctx)
-		if ctx.Err() != nil {
+		if !a.waitForGap(ctx) {
 			return nil
 		}
-		if time.Since(start) >= a.cfg.StableAfter {
+		if !first {
+			held, _ := a.Servers()
+			wait := backoff/2 + rand.N(backoff/2+1)
+			if held > 0 {
+				wait = a.cfg.ProbeInterval/2 + rand.N(a.cfg.ProbeInterval+1)
+			}
+			a.log.Debug("connecting again", "server", a.cfg.ServerAddress, "in", wait.Round(time.Millisecond), "servers", held)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(wait):
+			}
+			a.metrics.reconnects.Inc()
+		}
+		first = false
+		s, err := a.connect(ctx)
+		var rej *RejectedError
+		switch {
+		case ctx.Err() != nil:
+			if s != nil {
+				s.sess.Close()
+			}
+			return nil
+		case err == nil:
+			if held, want := a.Servers(); held < want {
+				backoff = a.cfg.MinBackoff // progress: look for the next replica soon
+			}
+			a.wg.Add(1)
+			go func() {
+				defer a.wg.Done()
+				start := time.Now()
+				err := a.serve(ctx, s)
+				if ctx.Err() == nil {
+					a.log.Warn("session ended", "server", a.cfg.ServerAddress, "server_id", s.id, "err", err)
+				}
+				if time.Since(start) >= a.cfg.StableAfter {
+					a.resetBackoff.Store(true)
+				}
+			}()
+			continue
+		case errors.As(err, &rej) && rej.Held:
+			a.log.Debug("reached a replica this agent already holds", "server_id", rej.ServerID)
+		default:
+			a.log.Warn("connecting failed", "server", a.cfg.ServerAddress, "err", err)
+		}
+		if a.resetBackoff.Swap(false) {
 			backoff = a.cfg.MinBackoff
 		}
-		wait := backoff/2 + rand.N(backoff/2+1)
-		a.log.Warn("session ended; reconnecting", "server", a.cfg.ServerAddress, "err", err, "in", wait.Round(time.Millisecond))
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(wait):
-		}
 		backoff = min(2*backoff, a.cfg.MaxBackoff)
-		a.metrics.reconnects.Inc()
 	}
 }
 
-// runSession runs one session from dial to its end.
-func (a *Agent) runSession(ctx context.Context) error {
+// waitForGap blocks while the agent holds a session to every replica; it
+// reports false if ctx ends first.
+func (a *Agent) waitForGap(ctx context.Context) bool {
+	for {
+		a.mu.Lock()
+		gap, changed := len(a.held) < a.want, a.changed
+		a.mu.Unlock()
+		if gap {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// update changes held or want under the lock and wakes waitForGap.
+func (a *Agent) update(f func()) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f()
+	close(a.changed)
+	a.changed = make(chan struct{})
+}
+
+// heldIDs returns the IDs of the replicas the agent holds, for its hello.
+func (a *Agent) heldIDs() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ids := make([]string, 0, len(a.held))
+	for id := range a.held {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// agentSession is a registered session to one server replica.
+type agentSession struct {
+	sess Session
+	ctrl net.Conn
+	id   string // the replica's server ID
+}
+
+// connect dials the server address and registers, naming the replicas the
+// agent already holds; on success the session counts as held.
+func (a *Agent) connect(ctx context.Context) (*agentSession, error) {
 	hctx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
 	defer cancel()
 	sess, err := a.dialSession(hctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer sess.Close()
 	ctrl, reply, err := a.hello(hctx, sess)
-	if err != nil {
-		return err
+	if err == nil {
+		a.update(func() {
+			if a.held[reply.ServerID] { // registered twice meanwhile: cannot happen with one Run
+				err = &RejectedError{Reason: "already held", ServerID: reply.ServerID, Held: true}
+				return
+			}
+			a.held[reply.ServerID] = true
+			a.want = max(reply.ServerCount, 1)
+		})
 	}
-	a.registered.Store(true)
-	defer a.registered.Store(false)
-	a.log.Info("registered", "node", a.cfg.NodeName, "server_id", reply.ServerID, "server", a.cfg.ServerAddress)
+	if err != nil {
+		sess.Close()
+		return nil, err
+	}
+	_, want := a.Servers()
+	a.log.Info("registered", "node", a.cfg.NodeName, "server_id", reply.ServerID, "server", a.cfg.ServerAddress, "replicas", want)
 	if a.cfg.OnRegistered != nil {
 		a.cfg.OnRegistered()
 	}
+	return &agentSession{sess: sess, ctrl: ctrl, id: reply.ServerID}, nil
+}
+
+// serve runs a registered session until it ends: it accepts the server's
+// dial streams, follows the replica count on the control stream, keeps the
+// session alive and, when ctx ends, drains it.
+func (a *Agent) serve(ctx context.Context, s *agentSession) error {
+	sess := s.sess
+	defer a.update(func() { delete(a.held, s.id) })
 	var streams inflight
-	stop := context.AfterFunc(ctx, func() { a.drain(sess, ctrl, &streams) })
+	stop := context.AfterFunc(ctx, func() { a.drain(sess, s.ctrl, &streams) })
 	defer stop()
-	kaDone := make(chan struct{})
-	defer func() { sess.Close(); <-kaDone }()
+	done := make(chan struct{}, 2)
+	defer func() { sess.Close(); <-done; <-done }()
 	go func() {
-		defer close(kaDone)
-		keepalive(sess, a.cfg.KeepaliveInterval, a.cfg.KeepaliveTimeout, a.metrics.keepaliveRTT, a.log.With("server", a.cfg.ServerAddress))
+		defer func() { done <- struct{}{} }()
+		keepalive(sess, a.cfg.KeepaliveInterval, a.cfg.KeepaliveTimeout, a.metrics.keepaliveRTT, a.log.With("server", a.cfg.ServerAddress, "server_id", s.id))
+	}()
+	go func() {
+		defer func() { done <- struct{}{} }()
+		a.followReplicas(s.ctrl)
 	}()
 	for {
 		st, err := sess.Accept(context.Background())
@@ -242,6 +383,32 @@ func (a *Agent) runSession(ctx context.Context) error {
 	}
 }
 
+// followReplicas reads the control stream after registration: each
+// replica-count frame sets how many sessions the agent keeps. It returns
+// when the stream ends (with the session).
+func (a *Agent) followReplicas(ctrl net.Conn) {
+	for {
+		typ, payload, err := readAnyFrame(ctrl)
+		if err != nil {
+			return
+		}
+		if typ != frameReplicas {
+			continue
+		}
+		n, err := decodeReplicaCount(payload)
+		if err != nil {
+			a.log.Warn("bad replica count from the server", "err", err)
+			continue
+		}
+		a.update(func() {
+			if n != a.want {
+				a.log.Info("server replica count changed", "replicas", n, "was", a.want)
+			}
+			a.want = n
+		})
+	}
+}
+
 // hello opens the control stream and registers; the stream stays open for
 // the session's life, and hello returns it.
 func (a *Agent) hello(ctx context.Context, sess Session) (net.Conn, HelloReply, error) {
@@ -253,7 +420,7 @@ func (a *Agent) hello(ctx context.Context, sess Session) (net.Conn, HelloReply, 
 		ctrl.SetDeadline(d)
 	}
 	h := Hello{Version: ProtocolVersion, Node: a.cfg.NodeName, IPs: a.cfg.NodeIPs,
-		PodCIDRs: a.cfg.PodCIDRs, DefaultRoute: a.cfg.DefaultRoute, Agent: "tunnel-agent"}
+		PodCIDRs: a.cfg.PodCIDRs, DefaultRoute: a.cfg.DefaultRoute, Agent: "tunnel-agent", Held: a.heldIDs()}
 	if err := encodeJSONFrame(ctrl, frameHello, h); err != nil {
 		return nil, HelloReply{}, fmt.Errorf("sending hello: %w", err)
 	}
@@ -269,8 +436,10 @@ func (a *Agent) hello(ctx context.Context, sess Session) (net.Conn, HelloReply, 
 		return nil, reply, fmt.Errorf("server answered with protocol version %d; this agent speaks %d", reply.Version, ProtocolVersion)
 	}
 	if reply.Error != "" {
-		err := &RejectedError{Reason: reply.Error}
-		a.log.Error("server rejected registration", "node", a.cfg.NodeName, "reason", reply.Error)
+		err := &RejectedError{Reason: reply.Error, ServerID: reply.ServerID, Held: reply.Held}
+		if !reply.Held {
+			a.log.Error("server rejected registration", "node", a.cfg.NodeName, "reason", reply.Error)
+		}
 		return nil, reply, err
 	}
 	ctrl.SetDeadline(time.Time{})

@@ -50,17 +50,35 @@ func newHarness(t *testing.T, mod func(*ServerConfig)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, files: files, sock: filepath.Join(dir, "s.sock")}
+	h := &harness{t: t, files: files}
 	if h.pool, err = certs.LoadPool(files.CACert); err != nil {
 		t.Fatal(err)
 	}
-	cert := h.keyPair(files.ServerCert, files.ServerKey)
+	h.startServer(mod)
+	return h
+}
+
+// replica starts another server with the same certificates: a replica of
+// h's (ha_test.go), with its own agent listener and CONNECT socket.
+func (h *harness) replica(mod func(*ServerConfig)) *harness {
+	h.t.Helper()
+	r := &harness{t: h.t, files: h.files, pool: h.pool}
+	r.startServer(mod)
+	return r
+}
+
+// startServer starts h's server and its listeners.
+func (h *harness) startServer(mod func(*ServerConfig)) {
+	t := h.t
+	h.sock = filepath.Join(t.TempDir(), "s.sock")
+	cert := h.keyPair(h.files.ServerCert, h.files.ServerKey)
 	cfg := DefaultServerConfig()
 	cfg.AgentTLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: h.pool}
 	cfg.Logger = testLogger(t)
 	if mod != nil {
 		mod(&cfg)
 	}
+	var err error
 	if h.srv, err = NewServer(cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -75,15 +93,16 @@ func newHarness(t *testing.T, mod func(*ServerConfig)) *harness {
 	if overSSH(t) {
 		h.startSSH() // agents connect to its listener instead (ssh_test.go)
 	}
-	t.Cleanup(func() { h.srv.Close() })
-	return h
+	srv := h.srv
+	t.Cleanup(func() { srv.Close() })
 }
 
 func (h *harness) goServe(serve func() error) {
 	done := make(chan error, 1)
 	go func() { done <- serve() }()
+	srv := h.srv
 	h.t.Cleanup(func() {
-		h.srv.Close() // closes the listener serve runs on
+		srv.Close() // closes the listener serve runs on
 		if err := <-done; err != nil {
 			h.t.Errorf("serve: %v", err)
 		}
@@ -267,5 +286,17 @@ func waitClosed(c net.Conn, d time.Duration) error {
 	if errors.As(err, &ne) && ne.Timeout() {
 		return fmt.Errorf("connection still open after %s", d)
 	}
+	return nil
+}
+
+// registerOnce connects and registers one session, as Run does, and closes
+// it again; it returns the error that kept the agent from registering.
+func (a *Agent) registerOnce(ctx context.Context) error {
+	s, err := a.connect(ctx)
+	if err != nil {
+		return err
+	}
+	s.sess.Close()
+	a.update(func() { delete(a.held, s.id) })
 	return nil
 }

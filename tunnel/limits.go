@@ -37,10 +37,11 @@ const (
 	LimitHeaderTimeout    = "header_timeout"    // HeaderTimeout: a CONNECT request (or its TLS handshake) cut off
 	LimitHeaderSize       = "header_size"       // MaxHeaderBytes: a CONNECT request refused with 431
 	LimitDialTimeout      = "dial_timeout"      // DialTimeout: a dial answered with 504
+	LimitAcceptRate       = "accept_rate"       // AgentAcceptRate: an agent connection held in the backlog a while
 )
 
 var limitNames = []string{LimitAgents, LimitStreamsPerAgent, LimitPendingDials, LimitHandshakeTimeout,
-	LimitHeaderTimeout, LimitHeaderSize, LimitDialTimeout}
+	LimitHeaderTimeout, LimitHeaderSize, LimitDialTimeout, LimitAcceptRate}
 
 const (
 	minStreamWindow = 256 << 10 // yamux's initial stream window, its minimum

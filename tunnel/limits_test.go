@@ -46,7 +46,7 @@ func TestLimitMaxAgents(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var rej *RejectedError
-	if err := a.runSession(ctx); !errors.As(err, &rej) || !strings.Contains(rej.Reason, "limit of 1 agents") {
+	if err := a.registerOnce(ctx); !errors.As(err, &rej) || !strings.Contains(rej.Reason, "limit of 1 agents") {
 		t.Fatalf("second agent: %v, want a rejection naming the agent limit", err)
 	}
 	expectMetric(t, reg, eq(1), "tunnel_server_agent_rejections_total", "reason", RejectLimit)

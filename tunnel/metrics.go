@@ -84,11 +84,16 @@ type serverMetrics struct {
 	keepaliveRTT  prometheus.Histogram
 	limits        *prometheus.CounterVec
 	window        prometheus.Gauge
+	replicas      prometheus.Gauge
+	redundant     prometheus.Counter
+	withAgent     prometheus.GaugeFunc
+	known         prometheus.GaugeFunc
 }
 
 // newServerMetrics creates a server's collectors; agents reports the number
-// of registered agents when scraped.
-func newServerMetrics(agents func() map[string]int) *serverMetrics {
+// of registered agents when scraped, and coverage the nodes with an agent
+// and the nodes known.
+func newServerMetrics(agents func() map[string]int, coverage func() (withAgent, known int)) *serverMetrics {
 	m := &serverMetrics{
 		agents: newAgentsGauge(agents),
 		registrations: prometheus.NewCounter(prometheus.CounterOpts{
@@ -123,6 +128,19 @@ func newServerMetrics(agents func() map[string]int) *serverMetrics {
 		window: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tunnel_server_stream_window_bytes", Help: "Receive window of each agent stream: the session window budget over the stream limit.",
 		}),
+		replicas: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tunnel_server_replicas", Help: "Server replicas sharing the agent address, this one included (--server-count or Leases).",
+		}),
+		redundant: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tunnel_server_agent_redundant_connections_total",
+			Help: "Agent connections answered \"held\": the agent already holds a session to this replica and was looking for another one.",
+		}),
+		withAgent: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tunnel_server_nodes_with_agent", Help: "Nodes with at least one registered agent session.",
+		}, func() float64 { n, _ := coverage(); return float64(n) }),
+		known: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tunnel_server_nodes_known", Help: "Nodes the node source (--kubeconfig) knows; 0 without one.",
+		}, func() float64 { _, n := coverage(); return float64(n) }),
 	}
 	for _, l := range limitNames {
 		m.limits.WithLabelValues(l)
@@ -143,7 +161,8 @@ func newServerMetrics(agents func() map[string]int) *serverMetrics {
 
 func (m *serverMetrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.agents, m.registrations, m.rejections, m.streamsOpen,
-		m.dialsVec, m.durationVec, m.bytesVec, m.frontendVec, m.keepaliveRTT, m.limits, m.window}
+		m.dialsVec, m.durationVec, m.bytesVec, m.frontendVec, m.keepaliveRTT, m.limits, m.window,
+		m.replicas, m.redundant, m.withAgent, m.known}
 }
 
 func (m *serverMetrics) frontendAnswered(code int) {
@@ -153,6 +172,8 @@ func (m *serverMetrics) frontendAnswered(code int) {
 // agentMetrics are an Agent's collectors.
 type agentMetrics struct {
 	registered   prometheus.GaugeFunc
+	servers      prometheus.GaugeFunc
+	expected     prometheus.GaugeFunc
 	streamsOpen  prometheus.Gauge
 	dialsVec     *prometheus.CounterVec
 	dials        *resultCounters
@@ -164,13 +185,24 @@ type agentMetrics struct {
 	keepaliveRTT prometheus.Histogram
 }
 
-// newAgentMetrics creates an agent's collectors; registered reports 1 while
-// the agent holds a registered session.
-func newAgentMetrics(registered func() float64) *agentMetrics {
+// newAgentMetrics creates an agent's collectors; servers reports the
+// replicas the agent holds a registered session to, and how many there are.
+func newAgentMetrics(servers func() (held, want int)) *agentMetrics {
 	m := &agentMetrics{
 		registered: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tunnel_agent_registered", Help: "1 while the agent holds a registered session, else 0.",
-		}, registered),
+		}, func() float64 {
+			if held, _ := servers(); held > 0 {
+				return 1
+			}
+			return 0
+		}),
+		servers: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tunnel_agent_servers_connected", Help: "Server replicas the agent holds a registered session to.",
+		}, func() float64 { held, _ := servers(); return float64(held) }),
+		expected: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tunnel_agent_servers_expected", Help: "Server replicas there are, as the servers last reported.",
+		}, func() float64 { _, want := servers(); return float64(want) }),
 		streamsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tunnel_agent_streams_open", Help: "Tunneled connections open now.",
 		}),
@@ -197,7 +229,7 @@ func newAgentMetrics(registered func() float64) *agentMetrics {
 }
 
 func (m *agentMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.registered, m.streamsOpen, m.dialsVec, m.dialTime,
+	return []prometheus.Collector{m.registered, m.servers, m.expected, m.streamsOpen, m.dialsVec, m.dialTime,
 		m.bytesVec, m.reconnects, m.keepaliveRTT}
 }
 

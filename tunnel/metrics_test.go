@@ -192,7 +192,7 @@ func TestMetricsRejectionReasons(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			if err := a.runSession(ctx); err == nil {
+			if err := a.registerOnce(ctx); err == nil {
 				t.Fatal("registered")
 			}
 			expectMetric(t, reg, eq(before+1), "tunnel_server_agent_rejections_total", "reason", tc.reason)

@@ -39,6 +39,9 @@ type NodeSource interface {
 	// Lookup returns what the source knows of the node (a lower-case name),
 	// or false if no such node exists.
 	Lookup(node string) (NodeInfo, bool)
+	// Count returns the number of nodes the source knows: the agents a
+	// fully covered cluster has (Server.Coverage).
+	Count() int
 	// Notify registers f, to be called with a node's name each time that
 	// node is added, changed or deleted. The server calls Notify once, in
 	// NewServer; f does not block for long and may be called from any

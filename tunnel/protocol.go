@@ -25,6 +25,7 @@ const (
 	frameDialRequest  byte = 0x03 // server → agent, first frame of a dial stream
 	frameDialResponse byte = 0x04 // agent → server, answer to a dial request
 	frameDrain        byte = 0x05 // agent → server, control stream: route nothing new here
+	frameReplicas     byte = 0x06 // server → agent, control stream: the replica count changed (ha.go)
 )
 
 const (
@@ -97,6 +98,9 @@ type Hello struct {
 	DefaultRoute bool `json:"defaultRoute,omitempty"`
 	// Agent identifies the agent build, for logs only.
 	Agent string `json:"agent,omitempty"`
+	// Held are the IDs of the server replicas the agent already holds a
+	// session to (ha.go); one of them answers with HelloReply.Held.
+	Held []string `json:"held,omitempty"`
 }
 
 // HelloReply is the server's answer to a Hello.
@@ -105,9 +109,32 @@ type HelloReply struct {
 	Version int `json:"version"`
 	// ServerID identifies the server replica (for high availability).
 	ServerID string `json:"serverID"`
+	// ServerCount is the number of replicas sharing the server's address,
+	// this one included (ha.go).
+	ServerCount int `json:"serverCount,omitempty"`
 	// Error, when set, says why the registration was rejected; the server
 	// closes the session after sending it.
 	Error string `json:"error,omitempty"`
+	// Held, with Error, says the agent's hello named this replica among
+	// those it holds: nothing was registered, and the agent tries again for
+	// another replica.
+	Held bool `json:"held,omitempty"`
+}
+
+// replicaCount is the payload of a replicas frame.
+type replicaCount struct {
+	ServerCount int `json:"serverCount"`
+}
+
+func decodeReplicaCount(payload []byte) (int, error) {
+	var r replicaCount
+	if err := json.Unmarshal(payload, &r); err != nil {
+		return 0, fmt.Errorf("tunnel: bad replicas frame: %w", err)
+	}
+	if r.ServerCount < 1 {
+		return 0, fmt.Errorf("tunnel: bad replicas frame: serverCount %d", r.ServerCount)
+	}
+	return r.ServerCount, nil
 }
 
 func encodeJSONFrame(w io.Writer, typ byte, v any) error {

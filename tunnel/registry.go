@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -22,6 +24,9 @@ type agentConn struct {
 	streams      atomic.Int64    // tunnels (dialing or open), for load spreading and MaxStreamsPerAgent
 	done         <-chan struct{} // the session's Done: lookups skip a dead session at once
 	retirement                   // duplicate.go
+
+	ctrlMu sync.Mutex // orders the server's writes on ctrl (ha.go)
+	ctrl   net.Conn   // the control stream, once the hello reply is sent
 }
 
 // handleAgent runs one TLS agent connection: the handshake, then runAgent.
@@ -57,6 +62,12 @@ func (s *Server) runAgent(ctx context.Context, sess Session, remote string) {
 		return
 	}
 	a, err := s.admit(sess, hello)
+	if err == nil && slices.Contains(hello.Held, s.cfg.ID) { // ha.go
+		s.metrics.redundant.Inc()
+		s.log.Debug("agent already holds a session to this replica", "remote", remote, "node", a.node)
+		s.refuse(ctrl, HelloReply{Error: "agent already holds a session to server " + s.cfg.ID, Held: true})
+		return
+	}
 	if err == nil && !s.sessions.enter() {
 		s.limited(LimitAgents)
 		a, err = nil, rejection(RejectLimit, "server at its limit of %d agents", s.cfg.MaxAgents)
@@ -65,11 +76,7 @@ func (s *Server) runAgent(ctx context.Context, sess Session, remote string) {
 		reason := rejectReason(err)
 		s.reject(reason)
 		s.log.Warn("agent rejected", "remote", remote, "node", hello.Node, "kind", reason, "err", err)
-		encodeJSONFrame(ctrl, frameHelloReply, HelloReply{Version: ProtocolVersion, ServerID: s.cfg.ID, Error: err.Error()})
-		// Closing at once could end the session before the agent reads the
-		// reason; the agent closes on reading it, so wait for that a while.
-		ctrl.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-		io.Copy(io.Discard, ctrl)
+		s.refuse(ctrl, HelloReply{Error: err.Error()})
 		return
 	}
 	defer s.sessions.leave()
@@ -79,14 +86,12 @@ func (s *Server) runAgent(ctx context.Context, sess Session, remote string) {
 	if s.cfg.Nodes != nil {
 		s.syncNode(a.node) // a change since admit
 	}
-	ctrl.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	if err := encodeJSONFrame(ctrl, frameHelloReply, HelloReply{Version: ProtocolVersion, ServerID: s.cfg.ID}); err != nil {
+	if err := s.welcome(a, ctrl); err != nil { // ha.go
 		s.routes.remove(a)
 		s.reject(RejectHello)
 		s.log.Warn("agent lost during hello", "remote", remote, "node", a.node, "err", err)
 		return
 	}
-	ctrl.SetDeadline(time.Time{})
 	s.metrics.registrations.Inc()
 	s.log.Info("agent registered", "node", a.node, "remote", remote, "ips", ips, "podCIDRs", cidrs, "defaultRoute", def)
 	s.replaceOlder(a) // duplicate.go
@@ -108,6 +113,18 @@ func (s *Server) runAgent(ctx context.Context, sess Session, remote string) {
 	<-done
 	<-done
 	s.log.Info("agent disconnected", "node", a.node, "remote", remote)
+}
+
+// refuse answers a hello with r, which says why nothing was registered,
+// and waits a while for the agent to close the session.
+func (s *Server) refuse(ctrl net.Conn, r HelloReply) {
+	r.Version, r.ServerID, r.ServerCount = ProtocolVersion, s.cfg.ID, s.replicaCount()
+	ctrl.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	encodeJSONFrame(ctrl, frameHelloReply, r)
+	// Closing at once could end the session before the agent reads the
+	// reason; the agent closes on reading it, so wait for that a while.
+	ctrl.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	io.Copy(io.Discard, ctrl)
 }
 
 // readHello accepts the control stream the agent opens first and reads its

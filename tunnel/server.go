@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -18,8 +19,18 @@ import (
 
 // ServerConfig configures a Server. Start from DefaultServerConfig.
 type ServerConfig struct {
-	// ID names this server replica in hello replies and logs. Default: random.
+	// ID names this server replica in hello replies and logs. Replicas
+	// sharing an agent address must have distinct IDs. Default: random.
 	ID string
+	// Replicas, if set, says how many servers share the agent address
+	// (ha.go): FixedReplicas, or Kubernetes Leases (package tunnel/kube).
+	// Agents keep a session to each. Nil: this server is alone.
+	Replicas Replicas
+	// AgentAcceptRate bounds the agent connections the server starts
+	// handshakes for, per second, after a burst of one second's worth;
+	// those beyond it wait in the listen backlog (ha.go). Zero: no bound.
+	// Default 200.
+	AgentAcceptRate float64
 	// AgentTLS is the TLS configuration of the agent listener: the server
 	// certificate and the CA pool (ClientCAs) that signs agent certificates.
 	// The server enforces TLS 1.3 and verified client certificates on a copy.
@@ -87,6 +98,7 @@ func DefaultServerConfig() ServerConfig {
 		MaxPendingDials:      10000,
 		SessionWindowBudget:  1 << 30,
 		ReplacedDrainTimeout: 60 * time.Second,
+		AgentAcceptRate:      200,
 
 		KeepaliveInterval: DefaultKeepaliveInterval,
 		KeepaliveTimeout:  DefaultKeepaliveTimeout,
@@ -104,6 +116,8 @@ func (c *ServerConfig) Validate() error {
 		return &ConfigError{Field: "TrustAgentRoutes", Msg: "cannot be set with Nodes: routes come from the node source"}
 	case c.MaxHeaderBytes < 256:
 		return &ConfigError{Field: "MaxHeaderBytes", Msg: "must be at least 256"}
+	case c.AgentAcceptRate < 0 || math.IsNaN(c.AgentAcceptRate):
+		return &ConfigError{Field: "AgentAcceptRate", Msg: fmt.Sprintf("must not be negative, not %v", c.AgentAcceptRate)}
 	}
 	return errors.Join(
 		checkPositive("DialTimeout", c.DialTimeout),
@@ -124,9 +138,10 @@ type Server struct {
 	routes   *routes
 	dialID   atomic.Uint64
 	metrics  *serverMetrics
-	window   uint32 // each agent stream's receive window (limits.go)
-	sessions gate   // registered agent sessions
-	pending  gate   // dials in progress
+	window   uint32      // each agent stream's receive window (limits.go)
+	sessions gate        // registered agent sessions
+	pending  gate        // dials in progress
+	accepts  *acceptRate // agent connections (ha.go)
 
 	fallback atomic.Pointer[sshFallback] // nodes without an agent, over their sshd (ssh_fallback.go)
 	nodeMu   sync.Mutex                  // orders node-source lookups with the rebinds they cause (nodes.go)
@@ -158,14 +173,19 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		window:   cfg.streamWindow(),
 		sessions: gate{max: int64(cfg.MaxAgents)},
 		pending:  gate{max: int64(cfg.MaxPendingDials)},
+		accepts:  newAcceptRate(cfg.AgentAcceptRate),
 	}
-	s.metrics = newServerMetrics(s.agentsByTransport) // transport_metrics.go
+	s.metrics = newServerMetrics(s.agentsByTransport, s.Coverage) // transport_metrics.go, ha.go
 	s.metrics.window.Set(float64(s.window))
+	s.metrics.replicas.Set(float64(s.replicaCount()))
 	if err := register(cfg.Registerer, s.metrics.collectors()); err != nil {
 		return nil, err
 	}
 	if cfg.Nodes != nil {
 		cfg.Nodes.Notify(s.syncNode) // nodes.go
+	}
+	if cfg.Replicas != nil {
+		cfg.Replicas.Notify(s.replicasChanged) // ha.go
 	}
 	return s, nil
 }
@@ -178,14 +198,14 @@ func (s *Server) Agents() int { return s.routes.count() }
 
 // ServeAgents accepts agent connections on ln until ln or the server closes.
 func (s *Server) ServeAgents(ln net.Listener) error {
-	return s.serve(ln, s.handleAgent)
+	return s.serve(ln, s.accepts, s.handleAgent)
 }
 
 // ServeConnect serves the HTTP CONNECT frontend on ln (a unix-socket
 // listener, or a TLS listener requiring client certificates) until ln or the
 // server closes.
 func (s *Server) ServeConnect(ln net.Listener) error {
-	return s.serve(ln, s.handleConnect)
+	return s.serve(ln, nil, s.handleConnect)
 }
 
 // Close stops every listener, ends every agent session and frontend
@@ -242,8 +262,8 @@ func (s *Server) untrack(key any) {
 }
 
 // serve runs an accept loop, handing each connection to handle in a
-// goroutine the server owns.
-func (s *Server) serve(ln net.Listener, handle func(net.Conn)) error {
+// goroutine the server owns, each in its slot of rate if rate is not nil.
+func (s *Server) serve(ln net.Listener, rate *acceptRate, handle func(net.Conn)) error {
 	if !s.track(ln, ln.Close) { // the server closed first: as if ln had
 		return nil
 	}
@@ -261,6 +281,10 @@ func (s *Server) serve(ln net.Listener, handle func(net.Conn)) error {
 			continue
 		}
 		backoff = 0
+		if d := rate.delay(time.Now()); d > 0 {
+			s.limited(LimitAcceptRate)
+			time.Sleep(d)
+		}
 		if !s.track(c, c.Close) {
 			return nil
 		}

@@ -122,7 +122,7 @@ func (s *Server) ServeSSHAgents(ln net.Listener, cfg SSHServerConfig) error {
 		return err
 	}
 	sc := cfg.serverConfig()
-	return s.serve(ln, func(raw net.Conn) { s.handleSSHAgent(raw, sc) })
+	return s.serve(ln, s.accepts, func(raw net.Conn) { s.handleSSHAgent(raw, sc) })
 }
 
 // handleSSHAgent runs the SSH handshake within the handshake timeout, then

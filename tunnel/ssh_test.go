@@ -136,7 +136,7 @@ func runSessionOnce(t *testing.T, cfg AgentConfig) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return a.runSession(ctx)
+	return a.registerOnce(ctx)
 }
 
 func TestSSHWrongHostKeyRefused(t *testing.T) {
@@ -271,7 +271,7 @@ func TestSSHCertificates(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			registered := make(chan struct{})
 			a.cfg.OnRegistered = func() { close(registered); cancel() }
-			err = a.runSession(ctx)
+			err = a.registerOnce(ctx)
 			cancel()
 			if tc.want == "" {
 				select {

@@ -323,7 +323,7 @@ func TestAgentRejected(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			err = a.runSession(ctx)
+			err = a.registerOnce(ctx)
 			var rej *RejectedError
 			if !errors.As(err, &rej) || !strings.Contains(rej.Reason, tc.want) {
 				t.Fatalf("got %v, want a rejection containing %q", err, tc.want)
@@ -341,7 +341,7 @@ func TestAgentRejected(t *testing.T) {
 		a, _ := NewAgent(cfg)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := a.runSession(ctx); err == nil {
+		if err := a.registerOnce(ctx); err == nil {
 			t.Fatal("agent with a foreign certificate was accepted")
 		}
 		if n := h.srv.Agents(); n != 0 {

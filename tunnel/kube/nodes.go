@@ -114,6 +114,9 @@ func (n *Nodes) Lookup(name string) (tunnel.NodeInfo, bool) {
 	return n.info(node), true
 }
 
+// Count implements tunnel.NodeSource: the number of Nodes in the cache.
+func (n *Nodes) Count() int { return len(n.informer.GetStore().ListKeys()) }
+
 // Notify implements tunnel.NodeSource.
 func (n *Nodes) Notify(f func(node string)) {
 	n.mu.Lock()

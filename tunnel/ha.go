@@ -1,0 +1,149 @@
+package tunnel
+
+import (
+	"math"
+	"net"
+	"sync"
+	"time"
+)
+
+// High availability (README, "High availability"). Several servers —
+// replicas — may share one agent address behind a TCP load balancer. Each
+// has an ID (ServerConfig.ID) and knows how many replicas there are
+// (ServerConfig.Replicas). An agent keeps one session to every replica, so
+// that any replica can route any dial: it connects through the shared
+// address again and again, naming in its hello the IDs of the replicas it
+// already holds a session to; a replica it already holds answers "held"
+// without registering anything, and the agent tries again after a jittered
+// wait, until it holds as many sessions as the replica count its servers
+// report. A replica that goes away ends its sessions (keepalive), and the
+// agents look for it again with backoff; when the count changes, every
+// registered agent is told on its control stream.
+
+// Replicas tells a server how many replicas share its agent address.
+// Its methods must be safe for concurrent use.
+type Replicas interface {
+	// Count returns the number of replicas, this one included.
+	Count() int
+	// Notify registers f, to be called after Count changes. The server
+	// calls Notify once, in NewServer; f does not block for long and may be
+	// called from any goroutine, also after the server closed.
+	Notify(f func())
+}
+
+// FixedReplicas is a replica count that never changes (tunnel-server
+// --server-count). Counts below 1 mean 1.
+type FixedReplicas int
+
+// Count returns n, or 1 if n is less.
+func (n FixedReplicas) Count() int { return max(int(n), 1) }
+
+// Notify does nothing: the count never changes.
+func (FixedReplicas) Notify(func()) {}
+
+// replicaCount returns the number of replicas the server knows of.
+func (s *Server) replicaCount() int {
+	if s.cfg.Replicas == nil {
+		return 1
+	}
+	return max(s.cfg.Replicas.Count(), 1)
+}
+
+// welcome sends a registered agent its hello reply, with the replica
+// count, and from then on lets replicasChanged reach it on ctrl. Both hold
+// a's control lock while they read the count and write, so the agent's
+// last word is the latest count.
+func (s *Server) welcome(a *agentConn, ctrl net.Conn) error {
+	a.ctrlMu.Lock()
+	defer a.ctrlMu.Unlock()
+	ctrl.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	defer ctrl.SetDeadline(time.Time{})
+	err := encodeJSONFrame(ctrl, frameHelloReply, HelloReply{Version: ProtocolVersion, ServerID: s.cfg.ID, ServerCount: s.replicaCount()})
+	if err == nil {
+		a.ctrl = ctrl
+	}
+	return err
+}
+
+// replicasChanged tells every registered agent the new replica count.
+func (s *Server) replicasChanged() {
+	n := s.replicaCount()
+	s.metrics.replicas.Set(float64(n))
+	s.log.Info("replica count changed", "replicas", n)
+	for _, a := range s.routes.all() {
+		a.ctrlMu.Lock()
+		if a.ctrl != nil {
+			a.ctrl.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+			if err := encodeJSONFrame(a.ctrl, frameReplicas, replicaCount{ServerCount: s.replicaCount()}); err != nil {
+				s.log.Warn("could not tell an agent the replica count", "node", a.node, "err", err)
+			}
+			a.ctrl.SetWriteDeadline(time.Time{})
+		}
+		a.ctrlMu.Unlock()
+	}
+}
+
+// all returns every agent in the routing table.
+func (t *routes) all() []*agentConn {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	var list []*agentConn
+	for _, l := range t.names {
+		list = append(list, l...)
+	}
+	return list
+}
+
+// nodes returns the number of nodes with a registered agent.
+func (t *routes) nodes() int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return len(t.names)
+}
+
+// Coverage returns the number of nodes with a registered agent and, with a
+// node source, the number of nodes it knows (else 0).
+func (s *Server) Coverage() (withAgent, known int) {
+	if s.cfg.Nodes != nil {
+		known = s.cfg.Nodes.Count()
+	}
+	return s.routes.nodes(), known
+}
+
+// acceptRate spaces out agent connections (ServerConfig.AgentAcceptRate):
+// a burst of up to one second's worth at once, then one per interval. The
+// accept loop waits for each connection's slot before it starts the
+// handshake, so connections beyond the rate queue in the listen backlog —
+// costing the server nothing — and an agent whose handshake timeout passes
+// there tries again after its backoff. That keeps a fleet reconnecting to a
+// restarted replica from starving it of CPU with TLS handshakes.
+type acceptRate struct {
+	interval time.Duration // zero: no limit
+	burst    time.Duration // how far the schedule may lag behind now
+	mu       sync.Mutex
+	next     time.Time // the next free slot
+}
+
+func newAcceptRate(perSecond float64) *acceptRate {
+	if perSecond <= 0 {
+		return &acceptRate{}
+	}
+	interval := time.Duration(float64(time.Second) / perSecond)
+	burst := max(math.Ceil(perSecond), 1)
+	return &acceptRate{interval: interval, burst: time.Duration(burst-1) * interval}
+}
+
+// delay books the next slot and returns how long to wait for it.
+func (r *acceptRate) delay(now time.Time) time.Duration {
+	if r == nil || r.interval == 0 {
+		return 0
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	slot := r.next
+	if earliest := now.Add(-r.burst); slot.Before(earliest) {
+		slot = earliest
+	}
+	r.next = slot.Add(r.interval)
+	return max(slot.Sub(now), 0)
+}

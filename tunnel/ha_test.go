@@ -1,0 +1,296 @@
+package tunnel
+
+import (
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// balancer is a TCP load balancer in front of server replicas: each new
+// connection goes to the next backend in turn, skipping one that refuses,
+// and is then forwarded both ways until either side closes.
+type balancer struct {
+	ln       net.Listener
+	mu       sync.Mutex
+	backends []string
+	next     int
+	conns    map[net.Conn]bool
+	wg       sync.WaitGroup
+}
+
+func startBalancer(t *testing.T, backends ...string) *balancer {
+	b := &balancer{ln: listenTCP(t, "127.0.0.1:0"), backends: backends, conns: make(map[net.Conn]bool)}
+	b.wg.Add(1)
+	go b.acceptLoop()
+	t.Cleanup(func() {
+		b.ln.Close()
+		b.mu.Lock()
+		for c := range b.conns {
+			c.Close()
+		}
+		b.mu.Unlock()
+		b.wg.Wait()
+	})
+	return b
+}
+
+func (b *balancer) addr() string { return b.ln.Addr().String() }
+
+// set replaces backend i (a replica restarted on another port).
+func (b *balancer) set(i int, addr string) {
+	b.mu.Lock()
+	b.backends[i] = addr
+	b.mu.Unlock()
+}
+
+func (b *balancer) pick() net.Conn {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for range b.backends {
+		addr := b.backends[b.next%len(b.backends)]
+		b.next++
+		if up, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			return up
+		}
+	}
+	return nil
+}
+
+func (b *balancer) acceptLoop() {
+	defer b.wg.Done()
+	for {
+		c, err := b.ln.Accept()
+		if err != nil {
+			return
+		}
+		up := b.pick()
+		if up == nil {
+			c.Close()
+			continue
+		}
+		b.mu.Lock()
+		b.conns[c], b.conns[up] = true, true
+		b.mu.Unlock()
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			done := make(chan struct{})
+			go func() { io.Copy(up, c); up.Close(); c.Close(); close(done) }()
+			io.Copy(c, up)
+			c.Close()
+			up.Close()
+			<-done
+			b.mu.Lock()
+			delete(b.conns, c)
+			delete(b.conns, up)
+			b.mu.Unlock()
+		}()
+	}
+}
+
+// replicaSet is a replica count a test changes (Replicas).
+type replicaSet struct {
+	mu     sync.Mutex
+	n      int
+	notify []func()
+}
+
+func (r *replicaSet) Count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.n
+}
+
+func (r *replicaSet) Notify(f func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.notify = append(r.notify, f)
+}
+
+func (r *replicaSet) set(n int) {
+	r.mu.Lock()
+	r.n = n
+	subs := r.notify
+	r.mu.Unlock()
+	for _, f := range subs {
+		f()
+	}
+}
+
+// haReplica is one server replica of an HA test and its metrics.
+type haReplica struct {
+	*harness
+	reg *prometheus.Registry
+}
+
+func startReplica(t *testing.T, h *harness, id string, replicas Replicas) haReplica {
+	reg := prometheus.NewRegistry()
+	mod := func(c *ServerConfig) { c.ID, c.Replicas, c.Registerer = id, replicas, reg }
+	if h == nil {
+		return haReplica{newHarness(t, mod), reg}
+	}
+	return haReplica{h.replica(mod), reg}
+}
+
+// haAgentConfig is an agent of node that reaches the replicas through lb
+// and looks for missing ones every 50ms or so.
+func haAgentConfig(h *harness, node string, lb *balancer) AgentConfig {
+	cfg := h.agentConfig(node)
+	cfg.ServerAddress = lb.addr()
+	cfg.ProbeInterval = 50 * time.Millisecond
+	return cfg
+}
+
+// holdsAll reports whether every agent holds a session to want replicas
+// and every replica has every agent.
+func holdsAll(agents []*runningAgent, replicas []haReplica, want int) func() bool {
+	return func() bool {
+		for _, a := range agents {
+			if held, w := a.Servers(); held != want || w != want {
+				return false
+			}
+		}
+		for _, r := range replicas {
+			if r.srv.Agents() != len(agents) {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// TestHAAgentsHoldEveryReplica: three replicas behind one balancer; each
+// agent ends up with a session to each — without one replica's session
+// replacing another's — so a dial through any replica reaches any node.
+// One replica goes away mid-traffic: tunnels and dials through the others
+// go on, and the agents return to it when it comes back.
+func TestHAAgentsHoldEveryReplica(t *testing.T) {
+	r1 := startReplica(t, nil, "s1", FixedReplicas(3))
+	r2 := startReplica(t, r1.harness, "s2", FixedReplicas(3))
+	r3 := startReplica(t, r1.harness, "s3", FixedReplicas(3))
+	replicas := []haReplica{r1, r2, r3}
+	lb := startBalancer(t, r1.agentAddr, r2.agentAddr, r3.agentAddr)
+	var agents []*runningAgent
+	agentReg := prometheus.NewRegistry()
+	for _, node := range []string{"node-a", "node-b"} {
+		cfg := haAgentConfig(r1.harness, node, lb)
+		if node == "node-a" {
+			cfg.Registerer = agentReg
+		}
+		agents = append(agents, r1.runAgent(cfg))
+	}
+	waitFor(t, "every agent to hold every replica", holdsAll(agents, replicas, 3))
+	for _, r := range replicas {
+		expectMetric(t, r.reg, eq(2), "tunnel_server_agent_registrations_total")
+		expectMetric(t, r.reg, eq(3), "tunnel_server_replicas")
+		expectMetric(t, r.reg, eq(2), "tunnel_server_nodes_with_agent")
+	}
+
+	echoA := startEcho(t, "127.0.0.1:0") // node-a's IP
+	echoB := startEcho(t, "127.0.0.2:0") // node-b's IP
+	for _, r := range replicas {
+		for _, dest := range []string{echoA, echoB} {
+			c := r.mustConnect(dest)
+			if err := echoCheck(c, 64<<10); err != nil {
+				t.Fatalf("through %s to %s: %v", r.srv.ID(), dest, err)
+			}
+			c.Close()
+		}
+	}
+
+	// Tunnels open through every replica when s3 goes.
+	open := map[string]net.Conn{}
+	for _, r := range replicas {
+		open[r.srv.ID()] = r.mustConnect(echoA)
+	}
+	r3.srv.Close()
+	waitFor(t, "the agents to notice s3 is gone", func() bool {
+		for _, a := range agents {
+			if held, want := a.Servers(); held != 2 || want != 3 {
+				return false
+			}
+		}
+		return true
+	})
+	if err := echoCheck(open["s3"], 1); err == nil {
+		t.Fatal("a tunnel through the closed replica still works")
+	}
+	for _, r := range replicas[:2] {
+		if err := echoCheck(open[r.srv.ID()], 256<<10); err != nil {
+			t.Fatalf("tunnel open through %s when s3 went: %v", r.srv.ID(), err)
+		}
+		for _, dest := range []string{echoA, echoB} {
+			c := r.mustConnect(dest)
+			if err := echoCheck(c, 64<<10); err != nil {
+				t.Fatalf("through %s to %s after s3 went: %v", r.srv.ID(), dest, err)
+			}
+			c.Close()
+		}
+	}
+
+	// s3 comes back (on another port: the balancer is told).
+	r3 = startReplica(t, r1.harness, "s3", FixedReplicas(3))
+	lb.set(2, r3.agentAddr)
+	replicas[2] = r3
+	waitFor(t, "the agents to return to s3", holdsAll(agents, replicas, 3))
+	c := r3.mustConnect(echoB)
+	if err := echoCheck(c, 64<<10); err != nil {
+		t.Fatalf("through the restarted s3: %v", err)
+	}
+	// The survivors kept their sessions all along: probing them registered
+	// nothing new and replaced nothing.
+	for _, r := range replicas[:2] {
+		expectMetric(t, r.reg, eq(2), "tunnel_server_agent_registrations_total")
+		expectMetric(t, r.reg, ge(1), "tunnel_server_agent_redundant_connections_total")
+	}
+	expectMetric(t, agentReg, eq(3), "tunnel_agent_servers_connected")
+	expectMetric(t, agentReg, eq(3), "tunnel_agent_servers_expected")
+}
+
+// TestHAReplicaCountFollowed: when the replica count grows, registered
+// agents are told on their control stream and look for the new replica;
+// when it shrinks they stop looking.
+func TestHAReplicaCountFollowed(t *testing.T) {
+	count := &replicaSet{n: 1}
+	r1 := startReplica(t, nil, "s1", count)
+	lb := startBalancer(t, r1.agentAddr)
+	agent := r1.runAgent(haAgentConfig(r1.harness, "node-a", lb))
+	waitFor(t, "the agent to hold s1", holdsAll([]*runningAgent{agent}, []haReplica{r1}, 1))
+
+	r2 := startReplica(t, r1.harness, "s2", count)
+	lb.set(0, r2.agentAddr) // new connections reach s2 only
+	count.set(2)
+	waitFor(t, "the agent to hold s1 and s2", holdsAll([]*runningAgent{agent}, []haReplica{r1, r2}, 2))
+
+	count.set(1)
+	r2.srv.Close()
+	waitFor(t, "the agent to want one replica", func() bool { held, want := agent.Servers(); return held == 1 && want == 1 })
+	expectMetric(t, r1.reg, eq(1), "tunnel_server_agent_registrations_total")
+}
+
+// TestAcceptRate: a burst of one second's worth, then one slot per interval;
+// an idle spell refills the burst.
+func TestAcceptRate(t *testing.T) {
+	r := newAcceptRate(4) // burst 4, then every 250ms
+	now := time.Unix(1000, 0)
+	var got []time.Duration
+	for range 6 {
+		got = append(got, r.delay(now))
+	}
+	want := []time.Duration{0, 0, 0, 0, 250 * time.Millisecond, 500 * time.Millisecond}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("delays %v, want %v", got, want)
+		}
+	}
+	if d := r.delay(now.Add(10 * time.Second)); d != 0 {
+		t.Fatalf("after an idle spell: delay %v, want 0", d)
+	}
+	if d := newAcceptRate(0).delay(now); d != 0 {
+		t.Fatalf("no limit: delay %v", d)
+	}
+}
