@@ -49,6 +49,7 @@ func (f *agentFlags) bind(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.cfg.HandshakeTimeout, "handshake-timeout", f.cfg.HandshakeTimeout, "bound on connecting, TLS and hello")
 	fs.DurationVar(&f.cfg.MinBackoff, "reconnect-min-backoff", f.cfg.MinBackoff, "first wait before reconnecting; doubles up to --reconnect-max-backoff, with jitter")
 	fs.DurationVar(&f.cfg.MaxBackoff, "reconnect-max-backoff", f.cfg.MaxBackoff, "longest wait between reconnects")
+	fs.DurationVar(&f.cfg.ProbeInterval, "probe-interval", f.cfg.ProbeInterval, "with several server replicas: while holding a session to some but not all, how often (on average, jittered) to connect again to find the others")
 	fs.DurationVar(&f.cfg.DrainTimeout, "drain-timeout", f.cfg.DrainTimeout, "on SIGTERM, how long open tunnels may go on after the server is told to route nothing new here")
 	f.ssh.bind(fs)
 	f.reload.Bind(fs)
@@ -65,6 +66,7 @@ var configFlags = map[string]string{
 	"HandshakeTimeout": "handshake-timeout",
 	"MinBackoff":       "reconnect-min-backoff",
 	"MaxBackoff":       "reconnect-max-backoff",
+	"ProbeInterval":    "probe-interval",
 	"DrainTimeout":     "drain-timeout",
 	"AllowCIDRs":       "allow-cidr",
 	"AllowPorts":       "allow-port",

@@ -56,6 +56,7 @@ type serverFlags struct {
 	uds                              udsFlags  // limits.go
 	ssh                              sshFlags  // ssh.go
 	kube                             kubeFlags // kube.go
+	ha                               haFlags   // ha.go
 }
 
 func (f *serverFlags) bind(fs *pflag.FlagSet) {
@@ -77,6 +78,7 @@ func (f *serverFlags) bind(fs *pflag.FlagSet) {
 	f.bindLimits(fs) // limits.go
 	f.ssh.bind(fs)   // ssh.go
 	f.kube.bind(fs)  // kube.go
+	f.bindHA(fs)     // ha.go
 	f.reload.Bind(fs)
 	f.log.Bind(fs)
 	f.bindOps(fs)
@@ -95,6 +97,7 @@ var configFlags = map[string]string{
 	"MaxPendingDials":      "max-pending-dials",
 	"SessionWindowBudget":  "session-window-budget",
 	"ReplacedDrainTimeout": "replaced-drain-timeout",
+	"AgentAcceptRate":      "agent-accept-rate",
 
 	"KeepaliveInterval": "keepalive-interval",
 	"KeepaliveTimeout":  "keepalive-timeout",
@@ -153,6 +156,9 @@ func serve(f *serverFlags, fs *pflag.FlagSet) error {
 	reloading := []cli.Reloader{pair, agentCAs}
 	reg := admin.NewRegistry() // ops.go
 	if err := f.checkOps(reg); err != nil {
+		return err
+	}
+	if err := f.applyHA(); err != nil { // ha.go
 		return err
 	}
 	stopNodes, err := f.kube.start(&f.cfg, log) // kube.go

@@ -19,14 +19,16 @@ import (
 
 // opsFlags are the server's operational flags beyond its ServerConfig.
 type opsFlags struct {
-	admin          admin.Flags
-	readyMinAgents int
+	admin            admin.Flags
+	readyMinAgents   int
+	readyMinCoverage float64
 }
 
 // bindOps adds the admin, readiness and keepalive flags.
 func (f *serverFlags) bindOps(fs *pflag.FlagSet) {
 	f.ops.admin.Bind(fs, "127.0.0.1:8133")
 	fs.IntVar(&f.ops.readyMinAgents, "ready-min-agents", 1, "/readyz fails until at least this many agents are registered")
+	fs.Float64Var(&f.ops.readyMinCoverage, "ready-min-coverage", 0, "with --kubeconfig, /readyz fails until this fraction (0-1) of the cluster's Nodes have an agent registered here (0: no check)")
 	fs.DurationVar(&f.cfg.KeepaliveInterval, "keepalive-interval", f.cfg.KeepaliveInterval, "how often to ping each agent")
 	fs.DurationVar(&f.cfg.KeepaliveTimeout, "keepalive-timeout", f.cfg.KeepaliveTimeout, "how long a ping may go unanswered before the agent is dropped and its routes removed")
 }
@@ -35,6 +37,9 @@ func (f *serverFlags) bindOps(fs *pflag.FlagSet) {
 func (f *serverFlags) checkOps(reg prometheus.Registerer) error {
 	if f.ops.readyMinAgents < 0 {
 		return &cli.FlagError{Flag: "ready-min-agents", Msg: fmt.Sprintf("must not be negative, not %d", f.ops.readyMinAgents)}
+	}
+	if !(f.ops.readyMinCoverage >= 0 && f.ops.readyMinCoverage <= 1) {
+		return &cli.FlagError{Flag: "ready-min-coverage", Msg: fmt.Sprintf("must be a fraction from 0 to 1, not %v", f.ops.readyMinCoverage)}
 	}
 	f.cfg.Registerer = reg
 	return nil
@@ -48,7 +53,7 @@ func (f *serverFlags) startAdmin(reg *prometheus.Registry, srv *tunnel.Server, l
 		names[i] = l.name
 	}
 	loops := admin.NewLoops(names...)
-	adm, err := admin.Start(f.ops.admin, admin.NewHandler(reg, serverHealth(srv, loops, f.ops.readyMinAgents), f.ops.admin.Profiling), log)
+	adm, err := admin.Start(f.ops.admin, admin.NewHandler(reg, serverHealth(srv, loops, f.ops), f.ops.admin.Profiling), log)
 	if err != nil {
 		for _, l := range listeners {
 			l.ln.Close()
@@ -58,12 +63,20 @@ func (f *serverFlags) startAdmin(reg *prometheus.Registry, srv *tunnel.Server, l
 }
 
 // serverHealth: live while every listener's loop runs; ready when, besides,
-// at least minAgents agents are registered.
-func serverHealth(srv *tunnel.Server, loops *admin.Loops, minAgents int) admin.Health {
+// at least --ready-min-agents agents are registered and, with
+// --ready-min-coverage, that fraction of the known nodes has an agent.
+func serverHealth(srv *tunnel.Server, loops *admin.Loops, ops opsFlags) admin.Health {
 	serving := admin.Check{Name: "listeners", Fn: loops.Check}
 	agents := admin.Check{Name: "agents", Fn: func() error {
-		if n := srv.Agents(); n < minAgents {
-			return fmt.Errorf("%d of at least %d agents registered", n, minAgents)
+		if n := srv.Agents(); n < ops.readyMinAgents {
+			return fmt.Errorf("%d of at least %d agents registered", n, ops.readyMinAgents)
+		}
+		if ops.readyMinCoverage == 0 {
+			return nil
+		}
+		withAgent, known := srv.Coverage()
+		if known == 0 || float64(withAgent) < ops.readyMinCoverage*float64(known) {
+			return fmt.Errorf("%d of %d known nodes have an agent here, want %.0f%% (--ready-min-coverage)", withAgent, known, 100*ops.readyMinCoverage)
 		}
 		return nil
 	}}

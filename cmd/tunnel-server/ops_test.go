@@ -52,7 +52,7 @@ func TestReadyz(t *testing.T) {
 		t.Fatal(err)
 	}
 	loops := admin.NewLoops("agent")
-	h := admin.NewHandler(admin.NewRegistry(), serverHealth(srv, loops, 1), false)
+	h := admin.NewHandler(admin.NewRegistry(), serverHealth(srv, loops, opsFlags{readyMinAgents: 1}), false)
 
 	expect := func(path string, code int, body string) {
 		t.Helper()
@@ -96,14 +96,20 @@ func TestReadyz(t *testing.T) {
 	expect("/readyz", 200, "ok")
 	expect("/readyz?verbose", 200, "[+]listeners ok\n[+]agents ok\n[+]not-draining ok\nreadyz check passed\n")
 
-	// --ready-min-agents=2 is not met by one agent; 0 needs none.
+	// --ready-min-agents=2 is not met by one agent; 0 needs none. Without a
+	// node source no coverage can be met.
 	for _, tc := range []struct {
-		min  int
+		ops  opsFlags
 		code int
-	}{{2, 503}, {0, 200}} {
-		h := admin.NewHandler(admin.NewRegistry(), serverHealth(srv, loops, tc.min), false)
-		if c, b := get(t, h, "/readyz"); c != tc.code {
-			t.Errorf("--ready-min-agents=%d with 1 agent: %d %q, want %d", tc.min, c, b, tc.code)
+		body string
+	}{
+		{opsFlags{readyMinAgents: 2}, 503, "[-]agents failed: 1 of at least 2 agents registered\nreadyz check failed\n"},
+		{opsFlags{readyMinAgents: 0}, 200, "ok"},
+		{opsFlags{readyMinAgents: 1, readyMinCoverage: 0.5}, 503, "[-]agents failed: 1 of 0 known nodes have an agent here, want 50% (--ready-min-coverage)\nreadyz check failed\n"},
+	} {
+		h := admin.NewHandler(admin.NewRegistry(), serverHealth(srv, loops, tc.ops), false)
+		if c, b := get(t, h, "/readyz"); c != tc.code || b != tc.body {
+			t.Errorf("%+v with 1 agent: %d %q, want %d %q", tc.ops, c, b, tc.code, tc.body)
 		}
 	}
 

@@ -1,0 +1,35 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/pflag"
+
+	"github.com/tunnel-project/tunnel/cmd/internal/cli"
+	"github.com/tunnel-project/tunnel/tunnel"
+)
+
+// High availability: the flags that tell a replica how many share its
+// agent address (README "High availability"); --replica-leases, the
+// Kubernetes alternative to --server-count, is in kube.go.
+
+// haFlags are the replica-set flags.
+type haFlags struct {
+	serverCount int
+}
+
+func (f *serverFlags) bindHA(fs *pflag.FlagSet) {
+	fs.IntVar(&f.ha.serverCount, "server-count", 1, "tunnel-server replicas sharing the agents' server address, this one included; every agent keeps a session to each (give every replica a distinct --server-id)")
+	fs.Float64Var(&f.cfg.AgentAcceptRate, "agent-accept-rate", f.cfg.AgentAcceptRate, "agent connections per second the server starts handshakes for, after a burst of one second's worth; the rest wait in the listen backlog (0: no bound)")
+}
+
+// applyHA sets the server's replica count from --server-count.
+func (f *serverFlags) applyHA() error {
+	if f.ha.serverCount < 1 {
+		return &cli.FlagError{Flag: "server-count", Msg: fmt.Sprintf("must be at least 1, not %d", f.ha.serverCount)}
+	}
+	if f.ha.serverCount > 1 {
+		f.cfg.Replicas = tunnel.FixedReplicas(f.ha.serverCount)
+	}
+	return nil
+}
