@@ -42,7 +42,7 @@ test-e2e:
 # exceeded"), long with
 # `make fuzz FUZZTIME=30m`.
 FUZZ_TARGETS = FuzzReadConnect FuzzDecodeDialRequest FuzzDecodeDialResponse FuzzDecodeHello \
-	FuzzDecodeHelloReply FuzzReadFrame FuzzAdmitHello
+	FuzzDecodeHelloReply FuzzReadFrame FuzzAdmitHello FuzzDecodeReplicaCount
 FUZZTIME ?= 10m
 
 fuzz-smoke:

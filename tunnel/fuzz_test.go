@@ -55,12 +55,27 @@ func FuzzReadFrame(f *testing.F) {
 	})
 }
 
+// FuzzDecodeReplicaCount decodes a replicas frame, which steers how many
+// sessions the agent keeps: anything accepted must be a count of at least 1.
+func FuzzDecodeReplicaCount(f *testing.F) {
+	f.Add([]byte(`{"serverCount":3}`))
+	f.Add([]byte(`{"serverCount":0}`))
+	f.Add([]byte(`{"serverCount":-1e9}`))
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		n, err := decodeReplicaCount(payload)
+		if err == nil && n < 1 {
+			t.Fatalf("accepted replica count %d from %q", n, payload)
+		}
+	})
+}
+
 // FuzzDecodeHelloReply decodes what a server (or anything listening on its
 // address) answers to an agent's hello. Whatever it accepts must survive a
 // round trip unchanged.
 func FuzzDecodeHelloReply(f *testing.F) {
 	f.Add([]byte(`{"version":1,"serverID":"3f2a9c0d1e4b5a69"}`))
 	f.Add([]byte(`{"version":1,"serverID":"x","error":"certificate does not prove node name"}`))
+	f.Add([]byte(`{"version":1,"serverID":"s2","serverCount":3,"error":"agent already holds a session to server s2","held":true}`))
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		r, err := decodeHelloReply(payload)
 		if err != nil {
