@@ -464,7 +464,7 @@ func (a *Agent) serveStream(ctx context.Context, st net.Conn) {
 	}
 	st.SetReadDeadline(time.Time{})
 	start := time.Now()
-	target, err := a.dial(ctx, req)
+	target, err := a.dialWatched(ctx, st, req)
 	a.metrics.dialTime.Observe(time.Since(start).Seconds())
 	if err != nil {
 		res := classifyDialError(err)
@@ -487,6 +487,43 @@ func (a *Agent) serveStream(ctx context.Context, st net.Conn) {
 	a.metrics.streamsOpen.Inc()
 	defer a.metrics.streamsOpen.Dec()
 	pipe(st, target, a.metrics.toNode, a.metrics.fromNode)
+}
+
+// errServerGaveUp cancels a dial whose server stopped waiting for it.
+var errServerGaveUp = errors.New("the server stopped waiting for this dial")
+
+// dialWatched dials as dial does, and stops as soon as the server gives up
+// on the dial — its caller went away (a gRPC DIAL_CLS, a canceled request)
+// or its own timeout passed — which it shows by closing the stream before
+// the answer. Nothing but the answer is sent before the answer, so while
+// the dial runs the stream is watched for its end without reading (yamux
+// streams; an SSH channel's dial runs to its own timeout).
+func (a *Agent) dialWatched(ctx context.Context, st net.Conn, req dialRequest) (net.Conn, error) {
+	wait := readWaiter(st)
+	if wait == nil {
+		return a.dial(ctx, req)
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		var ne net.Error
+		if err := wait(); err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
+			cancel(errServerGaveUp)
+		}
+	}()
+	c, err := a.dial(ctx, req)
+	st.SetReadDeadline(time.Unix(1, 0)) // ends the wait
+	<-watched
+	st.SetReadDeadline(time.Time{})
+	if errors.Is(context.Cause(ctx), errServerGaveUp) {
+		if c != nil {
+			c.Close()
+		}
+		return nil, context.Cause(ctx)
+	}
+	return c, err
 }
 
 func (a *Agent) respond(st net.Conn, r dialResponse) error {

@@ -291,16 +291,19 @@ func TestGRPCFrontendProtocolErrors(t *testing.T) {
 }
 
 // TestGRPCFrontendDialClose withdraws a dial the agent has not answered:
-// the server gives it up at once and answers nothing.
+// the server gives it up at once and answers nothing, and the agent's dial
+// on the node stops too.
 func TestGRPCFrontendDialClose(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	h := newHarness(t, func(c *ServerConfig) { c.Registerer = reg })
 	path := h.serveGRPC()
 	cfg := h.agentConfig("node-a")
 	dialing := make(chan struct{}, 1)
+	stopped := make(chan error, 1)
 	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		dialing <- struct{}{}
 		<-ctx.Done() // a destination that never answers
+		stopped <- context.Cause(ctx)
 		return nil, ctx.Err()
 	}
 	h.startAgent(cfg)
@@ -312,6 +315,14 @@ func TestGRPCFrontendDialClose(t *testing.T) {
 	c.expectEnd(codes.OK)
 	waitFor(t, "the dial to be given up", func() bool { return h.srv.Tunnels() == 0 })
 	expectMetric(t, reg, eq(1), "tunnel_server_grpc_dials_total", "result", grpcResultCanceled)
+	select {
+	case cause := <-stopped:
+		if cause != errServerGaveUp {
+			t.Fatalf("agent's dial ended by %v, want %v", cause, errServerGaveUp)
+		}
+	case <-time.After(5 * time.Second): // the dial timeout is 10s
+		t.Fatal("the agent's dial went on after DIAL_CLS")
+	}
 }
 
 // TestGRPCFrontendDraining answers new dials "server draining" while an
