@@ -210,12 +210,14 @@ func (a *Agent) Servers() (held, want int) {
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.wg.Wait()
 	backoff := a.cfg.MinBackoff
-	first := true
-	for {
+	for first := true; ; first = false {
 		if !a.waitForGap(ctx) {
 			return nil
 		}
 		if !first {
+			if a.resetBackoff.Swap(false) {
+				backoff = a.cfg.MinBackoff
+			}
 			held, _ := a.Servers()
 			wait := backoff/2 + rand.N(backoff/2+1)
 			if held > 0 {
@@ -229,41 +231,40 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			a.metrics.reconnects.Inc()
 		}
-		first = false
 		s, err := a.connect(ctx)
 		var rej *RejectedError
 		switch {
-		case ctx.Err() != nil:
-			if s != nil {
-				s.sess.Close()
-			}
-			return nil
 		case err == nil:
-			if held, want := a.Servers(); held < want {
-				backoff = a.cfg.MinBackoff // progress: look for the next replica soon
-			}
 			a.wg.Add(1)
-			go func() {
-				defer a.wg.Done()
-				start := time.Now()
-				err := a.serve(ctx, s)
-				if ctx.Err() == nil {
-					a.log.Warn("session ended", "server", a.cfg.ServerAddress, "server_id", s.id, "err", err)
-				}
-				if time.Since(start) >= a.cfg.StableAfter {
-					a.resetBackoff.Store(true)
-				}
-			}()
-			continue
+			go a.runSession(ctx, s)
+		case ctx.Err() != nil:
+			return nil
 		case errors.As(err, &rej) && rej.Held:
 			a.log.Debug("reached a replica this agent already holds", "server_id", rej.ServerID)
 		default:
 			a.log.Warn("connecting failed", "server", a.cfg.ServerAddress, "err", err)
 		}
-		if a.resetBackoff.Swap(false) {
+		// Progress toward every replica resets the backoff; anything else —
+		// a failure, or a session that may end at once — doubles it.
+		if held, want := a.Servers(); err == nil && held < want {
 			backoff = a.cfg.MinBackoff
+		} else {
+			backoff = min(2*backoff, a.cfg.MaxBackoff)
 		}
-		backoff = min(2*backoff, a.cfg.MaxBackoff)
+	}
+}
+
+// runSession serves a registered session until it ends; one that lasted
+// StableAfter resets the reconnect backoff.
+func (a *Agent) runSession(ctx context.Context, s *agentSession) {
+	defer a.wg.Done()
+	start := time.Now()
+	err := a.serve(ctx, s)
+	if ctx.Err() == nil {
+		a.log.Warn("session ended", "server", a.cfg.ServerAddress, "server_id", s.id, "err", err)
+	}
+	if time.Since(start) >= a.cfg.StableAfter {
+		a.resetBackoff.Store(true)
 	}
 }
 
