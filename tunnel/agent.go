@@ -152,9 +152,10 @@ type Agent struct {
 	resetBackoff atomic.Bool // a session lasted StableAfter
 
 	mu      sync.Mutex
-	held    map[string]bool // IDs of the replicas this agent holds a registered session to
-	want    int             // the replica count the servers last reported, at least 1
-	changed chan struct{}   // closed and replaced when held or want changes
+	held    map[string]bool   // IDs of the replicas this agent holds a registered session to
+	addrs   map[string]string // replica ID → the address it advertised (ha.go)
+	want    int               // the replica count the servers last reported, at least 1
+	changed chan struct{}     // closed and replaced when held or want changes
 }
 
 // NewAgent validates cfg and returns an Agent ready to Run.
@@ -173,7 +174,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	cfg.NodeName = strings.ToLower(cfg.NodeName)
 	a := &Agent{cfg: cfg, log: logger(cfg.Logger), tls: t,
 		policy: newDestPolicy(cfg.NodeIPs, cfg.PodCIDRs, cfg.AllowCIDRs, cfg.AllowPorts),
-		held:   make(map[string]bool), want: 1, changed: make(chan struct{})}
+		held:   make(map[string]bool), addrs: make(map[string]string), want: 1, changed: make(chan struct{})}
 	a.metrics = newAgentMetrics(func() (held, want int) {
 		a.mu.Lock()
 		defer a.mu.Unlock()
@@ -202,11 +203,13 @@ func (a *Agent) Servers() (held, want int) {
 // Run connects, serves and reconnects until ctx ends, then drains its
 // sessions and waits for their streams. It returns nil after ctx ends.
 //
-// It connects whenever it holds fewer sessions than there are replicas:
-// at once the first time; after a jittered exponential backoff while it
-// holds none; and after about ProbeInterval while it holds some (it still
-// serves, and a fleet of agents looking for a replica must not storm the
-// others).
+// It connects whenever it holds fewer sessions than there are replicas.
+// A replica it has lost that advertised an address is tried there directly,
+// with a jittered exponential backoff, until the backoff reaches its
+// maximum; then the address is forgotten. Otherwise it connects through
+// ServerAddress: at once the first time, with the backoff while it holds
+// no session, and about every ProbeInterval while it holds some (it still
+// serves, and a fleet looking for a replica must not storm the others).
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.wg.Wait()
 	backoff := a.cfg.MinBackoff
@@ -214,16 +217,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		if !a.waitForGap(ctx) {
 			return nil
 		}
+		addr, lostID := a.nextAddress()
 		if !first {
 			if a.resetBackoff.Swap(false) {
 				backoff = a.cfg.MinBackoff
 			}
 			held, _ := a.Servers()
 			wait := backoff/2 + rand.N(backoff/2+1)
-			if held > 0 {
+			if held > 0 && lostID == "" {
 				wait = a.cfg.ProbeInterval/2 + rand.N(a.cfg.ProbeInterval+1)
 			}
-			a.log.Debug("connecting again", "server", a.cfg.ServerAddress, "in", wait.Round(time.Millisecond), "servers", held)
+			a.log.Debug("connecting again", "server", addr, "in", wait.Round(time.Millisecond), "servers", held)
 			select {
 			case <-ctx.Done():
 				return nil
@@ -231,7 +235,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			a.metrics.reconnects.Inc()
 		}
-		s, err := a.connect(ctx)
+		s, err := a.connect(ctx, addr)
 		var rej *RejectedError
 		switch {
 		case err == nil:
@@ -240,9 +244,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		case ctx.Err() != nil:
 			return nil
 		case errors.As(err, &rej) && rej.Held:
-			a.log.Debug("reached a replica this agent already holds", "server_id", rej.ServerID)
+			a.log.Debug("reached a replica this agent already holds", "server", addr, "server_id", rej.ServerID)
 		default:
-			a.log.Warn("connecting failed", "server", a.cfg.ServerAddress, "err", err)
+			a.log.Warn("connecting failed", "server", addr, "err", err)
+		}
+		if err != nil && lostID != "" && backoff == a.cfg.MaxBackoff {
+			a.log.Info("forgetting the address of a lost replica; looking for it through the server address", "server_id", lostID, "addr", addr)
+			a.update(func() { delete(a.addrs, lostID) })
 		}
 		// Progress toward every replica resets the backoff; anything else —
 		// a failure, or a session that may end at once — doubles it.
@@ -252,6 +260,25 @@ func (a *Agent) Run(ctx context.Context) error {
 			backoff = min(2*backoff, a.cfg.MaxBackoff)
 		}
 	}
+}
+
+// nextAddress returns where to connect next: the advertised address of a
+// replica the agent knows but does not hold (and its ID), or else
+// ServerAddress (and "").
+func (a *Agent) nextAddress() (addr, id string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var lost []string
+	for id := range a.addrs {
+		if !a.held[id] {
+			lost = append(lost, id)
+		}
+	}
+	if len(lost) == 0 {
+		return a.cfg.ServerAddress, ""
+	}
+	id = lost[rand.N(len(lost))]
+	return a.addrs[id], id
 }
 
 // runSession serves a registered session until it ends; one that lasted
@@ -307,6 +334,20 @@ func (a *Agent) heldIDs() []string {
 	return ids
 }
 
+// remember keeps the address replica id advertised, to find it there if the
+// session is lost; an address another replica had is that one's no more.
+// Over SSH the agent only uses ServerAddress (its known_hosts names hosts).
+func (a *Agent) remember(id, addr string) {
+	for other, at := range a.addrs {
+		if at == addr || other == id {
+			delete(a.addrs, other)
+		}
+	}
+	if _, _, err := net.SplitHostPort(addr); err == nil && a.cfg.SSH == nil {
+		a.addrs[id] = addr
+	}
+}
+
 // agentSession is a registered session to one server replica.
 type agentSession struct {
 	sess Session
@@ -314,12 +355,13 @@ type agentSession struct {
 	id   string // the replica's server ID
 }
 
-// connect dials the server address and registers, naming the replicas the
-// agent already holds; on success the session counts as held.
-func (a *Agent) connect(ctx context.Context) (*agentSession, error) {
+// connect dials addr and registers, naming the replicas the agent already
+// holds; on success the session counts as held, and the address the
+// replica advertises is remembered.
+func (a *Agent) connect(ctx context.Context, addr string) (*agentSession, error) {
 	hctx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
 	defer cancel()
-	sess, err := a.dialSession(hctx)
+	sess, err := a.dialSession(hctx, addr)
 	if err != nil {
 		return nil, err
 	}
@@ -332,6 +374,7 @@ func (a *Agent) connect(ctx context.Context) (*agentSession, error) {
 			}
 			a.held[reply.ServerID] = true
 			a.want = max(reply.ServerCount, 1)
+			a.remember(reply.ServerID, reply.Address)
 		})
 	}
 	if err != nil {
@@ -339,7 +382,7 @@ func (a *Agent) connect(ctx context.Context) (*agentSession, error) {
 		return nil, err
 	}
 	_, want := a.Servers()
-	a.log.Info("registered", "node", a.cfg.NodeName, "server_id", reply.ServerID, "server", a.cfg.ServerAddress, "replicas", want)
+	a.log.Info("registered", "node", a.cfg.NodeName, "server_id", reply.ServerID, "server", addr, "replicas", want)
 	if a.cfg.OnRegistered != nil {
 		a.cfg.OnRegistered()
 	}

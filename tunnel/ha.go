@@ -16,9 +16,12 @@ import (
 // already holds a session to; a replica it already holds answers "held"
 // without registering anything, and the agent tries again after a jittered
 // wait, until it holds as many sessions as the replica count its servers
-// report. A replica that goes away ends its sessions (keepalive), and the
-// agents look for it again with backoff; when the count changes, every
-// registered agent is told on its control stream.
+// report. A replica that goes away ends its sessions (keepalive); if it
+// advertised an address of its own (ServerConfig.AdvertiseAddress), its
+// agents try it there directly with backoff, so that they return as soon
+// as it does without probing the others, and otherwise they look for it
+// through the shared address. When the count changes, every registered
+// agent is told on its control stream.
 
 // Replicas tells a server how many replicas share its agent address.
 // Its methods must be safe for concurrent use.
@@ -41,6 +44,12 @@ func (n FixedReplicas) Count() int { return max(int(n), 1) }
 // Notify does nothing: the count never changes.
 func (FixedReplicas) Notify(func()) {}
 
+// isHostPort reports whether addr is "host:port" with both parts set.
+func isHostPort(addr string) bool {
+	host, port, err := net.SplitHostPort(addr)
+	return err == nil && host != "" && port != ""
+}
+
 // replicaCount returns the number of replicas the server knows of.
 func (s *Server) replicaCount() int {
 	if s.cfg.Replicas == nil {
@@ -58,7 +67,8 @@ func (s *Server) welcome(a *agentConn, ctrl net.Conn) error {
 	defer a.ctrlMu.Unlock()
 	ctrl.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	defer ctrl.SetDeadline(time.Time{})
-	err := encodeJSONFrame(ctrl, frameHelloReply, HelloReply{Version: ProtocolVersion, ServerID: s.cfg.ID, ServerCount: s.replicaCount()})
+	err := encodeJSONFrame(ctrl, frameHelloReply, HelloReply{Version: ProtocolVersion, ServerID: s.cfg.ID,
+		ServerCount: s.replicaCount(), Address: s.cfg.AdvertiseAddress})
 	if err == nil {
 		a.ctrl = ctrl
 	}

@@ -127,13 +127,20 @@ type haReplica struct {
 	reg *prometheus.Registry
 }
 
-func startReplica(t *testing.T, h *harness, id string, replicas Replicas) haReplica {
+// startReplica starts replica id of h's server (the first if h is nil), on
+// agentAddr if not empty; it advertises its address if advertise is set.
+func startReplica(t *testing.T, h *harness, id string, replicas Replicas, agentAddr string, advertise bool) haReplica {
 	reg := prometheus.NewRegistry()
-	mod := func(c *ServerConfig) { c.ID, c.Replicas, c.Registerer = id, replicas, reg }
+	mod := func(c *ServerConfig) {
+		c.ID, c.Replicas, c.Registerer = id, replicas, reg
+		if advertise {
+			c.AdvertiseAddress = advertiseSelf
+		}
+	}
 	if h == nil {
 		return haReplica{newHarness(t, mod), reg}
 	}
-	return haReplica{h.replica(mod), reg}
+	return haReplica{h.replica(mod, agentAddr), reg}
 }
 
 // haAgentConfig is an agent of node that reaches the replicas through lb
@@ -169,9 +176,9 @@ func holdsAll(agents []*runningAgent, replicas []haReplica, want int) func() boo
 // One replica goes away mid-traffic: tunnels and dials through the others
 // go on, and the agents return to it when it comes back.
 func TestHAAgentsHoldEveryReplica(t *testing.T) {
-	r1 := startReplica(t, nil, "s1", FixedReplicas(3))
-	r2 := startReplica(t, r1.harness, "s2", FixedReplicas(3))
-	r3 := startReplica(t, r1.harness, "s3", FixedReplicas(3))
+	r1 := startReplica(t, nil, "s1", FixedReplicas(3), "", false)
+	r2 := startReplica(t, r1.harness, "s2", FixedReplicas(3), "", false)
+	r3 := startReplica(t, r1.harness, "s3", FixedReplicas(3), "", false)
 	replicas := []haReplica{r1, r2, r3}
 	lb := startBalancer(t, r1.agentAddr, r2.agentAddr, r3.agentAddr)
 	var agents []*runningAgent
@@ -233,7 +240,7 @@ func TestHAAgentsHoldEveryReplica(t *testing.T) {
 	}
 
 	// s3 comes back (on another port: the balancer is told).
-	r3 = startReplica(t, r1.harness, "s3", FixedReplicas(3))
+	r3 = startReplica(t, r1.harness, "s3", FixedReplicas(3), "", false)
 	lb.set(2, r3.agentAddr)
 	replicas[2] = r3
 	waitFor(t, "the agents to return to s3", holdsAll(agents, replicas, 3))
@@ -256,12 +263,12 @@ func TestHAAgentsHoldEveryReplica(t *testing.T) {
 // when it shrinks they stop looking.
 func TestHAReplicaCountFollowed(t *testing.T) {
 	count := &replicaSet{n: 1}
-	r1 := startReplica(t, nil, "s1", count)
+	r1 := startReplica(t, nil, "s1", count, "", false)
 	lb := startBalancer(t, r1.agentAddr)
 	agent := r1.runAgent(haAgentConfig(r1.harness, "node-a", lb))
 	waitFor(t, "the agent to hold s1", holdsAll([]*runningAgent{agent}, []haReplica{r1}, 1))
 
-	r2 := startReplica(t, r1.harness, "s2", count)
+	r2 := startReplica(t, r1.harness, "s2", count, "", false)
 	lb.set(0, r2.agentAddr) // new connections reach s2 only
 	count.set(2)
 	waitFor(t, "the agent to hold s1 and s2", holdsAll([]*runningAgent{agent}, []haReplica{r1, r2}, 2))
@@ -269,6 +276,31 @@ func TestHAReplicaCountFollowed(t *testing.T) {
 	count.set(1)
 	r2.srv.Close()
 	waitFor(t, "the agent to want one replica", func() bool { held, want := agent.Servers(); return held == 1 && want == 1 })
+	expectMetric(t, r1.reg, eq(1), "tunnel_server_agent_registrations_total")
+}
+
+// TestHAAdvertisedAddress: a replica that advertises its address is found
+// there again when it restarts, even by agents whose balancer no longer
+// reaches it; one that never comes back is forgotten, and the agents find
+// its successor through the balancer.
+func TestHAAdvertisedAddress(t *testing.T) {
+	r1 := startReplica(t, nil, "s1", FixedReplicas(2), "", true)
+	r2 := startReplica(t, r1.harness, "s2", FixedReplicas(2), "", true)
+	lb := startBalancer(t, r1.agentAddr, r2.agentAddr)
+	cfg := haAgentConfig(r1.harness, "node-a", lb)
+	cfg.MaxBackoff = time.Second // the lost address is kept for a second or two of failures
+	agents := []*runningAgent{r1.runAgent(cfg)}
+	waitFor(t, "the agent to hold both replicas", holdsAll(agents, []haReplica{r1, r2}, 2))
+
+	lb.set(1, r1.agentAddr) // the balancer reaches s1 only from now on
+	r2.srv.Close()
+	r2 = startReplica(t, r1.harness, "s2", FixedReplicas(2), r2.agentAddr, true)
+	waitFor(t, "the agent to find s2 at its address", holdsAll(agents, []haReplica{r1, r2}, 2))
+
+	r2.srv.Close() // for good; its successor has another ID and address
+	r3 := startReplica(t, r1.harness, "s3", FixedReplicas(2), "", true)
+	lb.set(1, r3.agentAddr)
+	waitFor(t, "the agent to find s3 through the balancer", holdsAll(agents, []haReplica{r1, r3}, 2))
 	expectMetric(t, r1.reg, eq(1), "tunnel_server_agent_registrations_total")
 }
 

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -59,18 +60,26 @@ func newHarness(t *testing.T, mod func(*ServerConfig)) *harness {
 }
 
 // replica starts another server with the same certificates: a replica of
-// h's (ha_test.go), with its own agent listener and CONNECT socket.
-func (h *harness) replica(mod func(*ServerConfig)) *harness {
+// h's (ha_test.go), with its own CONNECT socket and its agent listener on
+// agentAddr, or on a free port if that is empty.
+func (h *harness) replica(mod func(*ServerConfig), agentAddr string) *harness {
 	h.t.Helper()
-	r := &harness{t: h.t, files: h.files, pool: h.pool}
+	r := &harness{t: h.t, files: h.files, pool: h.pool, agentAddr: agentAddr}
 	r.startServer(mod)
 	return r
 }
 
-// startServer starts h's server and its listeners.
+// advertiseSelf, as a test's ServerConfig.AdvertiseAddress, stands for the
+// address of the server's own agent listener.
+const advertiseSelf = "self:0"
+
+// startServer starts h's server and its listeners, the agent listener on
+// h.agentAddr if set.
 func (h *harness) startServer(mod func(*ServerConfig)) {
 	t := h.t
 	h.sock = filepath.Join(t.TempDir(), "s.sock")
+	agentLn := listenTCP(t, cmp.Or(h.agentAddr, "127.0.0.1:0"))
+	h.agentAddr = agentLn.Addr().String()
 	cert := h.keyPair(h.files.ServerCert, h.files.ServerKey)
 	cfg := DefaultServerConfig()
 	cfg.AgentTLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: h.pool}
@@ -78,16 +87,17 @@ func (h *harness) startServer(mod func(*ServerConfig)) {
 	if mod != nil {
 		mod(&cfg)
 	}
+	if cfg.AdvertiseAddress == advertiseSelf {
+		cfg.AdvertiseAddress = h.agentAddr
+	}
 	var err error
 	if h.srv, err = NewServer(cfg); err != nil {
 		t.Fatal(err)
 	}
-	agentLn := listenTCP(t, "127.0.0.1:0")
 	udsLn, err := ListenUnix(h.sock, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.agentAddr = agentLn.Addr().String()
 	h.goServe(func() error { return h.srv.ServeAgents(agentLn) })
 	h.goServe(func() error { return h.srv.ServeConnect(udsLn) })
 	if overSSH(t) {
@@ -292,7 +302,7 @@ func waitClosed(c net.Conn, d time.Duration) error {
 // registerOnce connects and registers one session, as Run does, and closes
 // it again; it returns the error that kept the agent from registering.
 func (a *Agent) registerOnce(ctx context.Context) error {
-	s, err := a.connect(ctx)
+	s, err := a.connect(ctx, a.cfg.ServerAddress)
 	if err != nil {
 		return err
 	}

@@ -112,6 +112,9 @@ type HelloReply struct {
 	// ServerCount is the number of replicas sharing the server's address,
 	// this one included (ha.go).
 	ServerCount int `json:"serverCount,omitempty"`
+	// Address, if set, is where this replica can be reached directly
+	// ("host:port"), for an agent that loses its session to it.
+	Address string `json:"address,omitempty"`
 	// Error, when set, says why the registration was rejected; the server
 	// closes the session after sending it.
 	Error string `json:"error,omitempty"`

@@ -26,6 +26,10 @@ type ServerConfig struct {
 	// (ha.go): FixedReplicas, or Kubernetes Leases (package tunnel/kube).
 	// Agents keep a session to each. Nil: this server is alone.
 	Replicas Replicas
+	// AdvertiseAddress, if set, is this replica's own agent address
+	// ("host:port", reachable by agents without the shared address):
+	// agents that lose their session to it try there directly (ha.go).
+	AdvertiseAddress string
 	// AgentAcceptRate bounds the agent connections the server starts
 	// handshakes for, per second, after a burst of one second's worth;
 	// those beyond it wait in the listen backlog (ha.go). Zero: no bound.
@@ -116,6 +120,8 @@ func (c *ServerConfig) Validate() error {
 		return &ConfigError{Field: "TrustAgentRoutes", Msg: "cannot be set with Nodes: routes come from the node source"}
 	case c.MaxHeaderBytes < 256:
 		return &ConfigError{Field: "MaxHeaderBytes", Msg: "must be at least 256"}
+	case c.AdvertiseAddress != "" && !isHostPort(c.AdvertiseAddress):
+		return &ConfigError{Field: "AdvertiseAddress", Msg: fmt.Sprintf("%q is not host:port", c.AdvertiseAddress)}
 	case c.AgentAcceptRate < 0 || math.IsNaN(c.AgentAcceptRate):
 		return &ConfigError{Field: "AgentAcceptRate", Msg: fmt.Sprintf("must not be negative, not %v", c.AgentAcceptRate)}
 	}

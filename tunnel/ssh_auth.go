@@ -228,13 +228,13 @@ func dialSSH(ctx context.Context, addr string, c *AgentSSHConfig, user string) (
 }
 
 // dialSession connects to the server over the configured transport.
-func (a *Agent) dialSession(ctx context.Context) (Session, error) {
+func (a *Agent) dialSession(ctx context.Context, addr string) (Session, error) {
 	if c := a.cfg.SSH; c != nil {
 		user := c.User
 		if user == "" {
 			user = a.cfg.NodeName
 		}
-		return dialSSH(ctx, a.cfg.ServerAddress, c, user)
+		return dialSSH(ctx, addr, c, user)
 	}
-	return dialTLS(ctx, a.cfg.ServerAddress, a.tls, a.cfg.KeepaliveTimeout)
+	return dialTLS(ctx, addr, a.tls, a.cfg.KeepaliveTimeout)
 }

@@ -98,6 +98,7 @@ var configFlags = map[string]string{
 	"SessionWindowBudget":  "session-window-budget",
 	"ReplacedDrainTimeout": "replaced-drain-timeout",
 	"AgentAcceptRate":      "agent-accept-rate",
+	"AdvertiseAddress":     "advertise-address",
 
 	"KeepaliveInterval": "keepalive-interval",
 	"KeepaliveTimeout":  "keepalive-timeout",
