@@ -288,7 +288,7 @@ func (a *Agent) runSession(ctx context.Context, s *agentSession) {
 	start := time.Now()
 	err := a.serve(ctx, s)
 	if ctx.Err() == nil {
-		a.log.Warn("session ended", "server", a.cfg.ServerAddress, "server_id", s.id, "err", err)
+		a.log.Warn("session ended", "server", s.addr, "server_id", s.id, "err", err)
 	}
 	if time.Since(start) >= a.cfg.StableAfter {
 		a.resetBackoff.Store(true)
@@ -353,6 +353,7 @@ type agentSession struct {
 	sess Session
 	ctrl net.Conn
 	id   string // the replica's server ID
+	addr string // where the agent reached it
 }
 
 // connect dials addr and registers, naming the replicas the agent already
@@ -368,7 +369,7 @@ func (a *Agent) connect(ctx context.Context, addr string) (*agentSession, error)
 	ctrl, reply, err := a.hello(hctx, sess)
 	if err == nil {
 		a.update(func() {
-			if a.held[reply.ServerID] { // registered twice meanwhile: cannot happen with one Run
+			if a.held[reply.ServerID] { // defensive: the hello named every replica held, and only Run adds one
 				err = &RejectedError{Reason: "already held", ServerID: reply.ServerID, Held: true}
 				return
 			}
@@ -386,7 +387,7 @@ func (a *Agent) connect(ctx context.Context, addr string) (*agentSession, error)
 	if a.cfg.OnRegistered != nil {
 		a.cfg.OnRegistered()
 	}
-	return &agentSession{sess: sess, ctrl: ctrl, id: reply.ServerID}, nil
+	return &agentSession{sess: sess, ctrl: ctrl, id: reply.ServerID, addr: addr}, nil
 }
 
 // serve runs a registered session until it ends: it accepts the server's
@@ -402,7 +403,7 @@ func (a *Agent) serve(ctx context.Context, s *agentSession) error {
 	defer func() { sess.Close(); <-done; <-done }()
 	go func() {
 		defer func() { done <- struct{}{} }()
-		keepalive(sess, a.cfg.KeepaliveInterval, a.cfg.KeepaliveTimeout, a.metrics.keepaliveRTT, a.log.With("server", a.cfg.ServerAddress, "server_id", s.id))
+		keepalive(sess, a.cfg.KeepaliveInterval, a.cfg.KeepaliveTimeout, a.metrics.keepaliveRTT, a.log.With("server", s.addr, "server_id", s.id))
 	}()
 	go func() {
 		defer func() { done <- struct{}{} }()
