@@ -2,7 +2,7 @@
 # `make test` runs every test CI runs.
 GO ?= go
 
-.PHONY: all build demo test test-unit test-e2e fuzz fuzz-smoke churn faults vet fmt-check bench bench-smoke clean
+.PHONY: all build demo test test-unit test-e2e fuzz fuzz-smoke churn faults vet fmt-check bench bench-smoke bench-ha clean
 
 all: build
 
@@ -79,6 +79,13 @@ bench:
 
 bench-smoke:
 	$(GO) run ./benchmarks/tunnel-bench --local --quick
+
+# High availability with a fleet (benchmarks/ha_test.go, README "High
+# availability"): 1,000 agents, three replicas behind a balancer, the
+# production probe interval; one replica restarted, with and without
+# advertised addresses. `make test` runs it with 30 agents.
+bench-ha:
+	$(GO) test -run TestHAFleet -v -timeout 60m ./benchmarks/ -ha-agents 1000 -ha-probe 10s -ha-timeout 15m
 
 # The deploy/ files as code (e2e/deploy: manifests strictly typed, egress
 # selector files, flags against the binaries, systemd-analyze), plus the

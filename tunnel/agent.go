@@ -149,7 +149,7 @@ type Agent struct {
 	policy  *destPolicy    // which destinations may be dialed (policy.go)
 	wg      sync.WaitGroup // sessions and their stream handlers
 
-	resetBackoff atomic.Bool // a session lasted StableAfter
+	sessionEnd atomic.Int32 // how the last session ended: endStable, endEarly, or 0 once Run has seen it
 
 	mu      sync.Mutex
 	held    map[string]bool   // IDs of the replicas this agent holds a registered session to
@@ -219,8 +219,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		addr, lostID := a.nextAddress()
 		if !first {
-			if a.resetBackoff.Swap(false) {
+			switch a.sessionEnd.Swap(0) {
+			case endStable:
 				backoff = a.cfg.MinBackoff
+			case endEarly: // a server that ends sessions at once must not be hammered
+				backoff = min(2*backoff, a.cfg.MaxBackoff)
 			}
 			held, _ := a.Servers()
 			wait := backoff/2 + rand.N(backoff/2+1)
@@ -252,11 +255,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Info("forgetting the address of a lost replica; looking for it through the server address", "server_id", lostID, "addr", addr)
 			a.update(func() { delete(a.addrs, lostID) })
 		}
-		// Progress toward every replica resets the backoff; anything else —
-		// a failure, or a session that may end at once — doubles it.
-		if held, want := a.Servers(); err == nil && held < want {
+		// A failure doubles the backoff; progress toward every replica
+		// resets it; a replica answering "held" leaves it alone (probes are
+		// paced by ProbeInterval).
+		switch held, want := a.Servers(); {
+		case err == nil && held < want:
 			backoff = a.cfg.MinBackoff
-		} else {
+		case err != nil && (rej == nil || !rej.Held):
 			backoff = min(2*backoff, a.cfg.MaxBackoff)
 		}
 	}
@@ -281,8 +286,13 @@ func (a *Agent) nextAddress() (addr, id string) {
 	return a.addrs[id], id
 }
 
-// runSession serves a registered session until it ends; one that lasted
-// StableAfter resets the reconnect backoff.
+// How a session ended, for Run's backoff.
+const (
+	endStable = 1 // after StableAfter: the backoff starts over
+	endEarly  = 2 // before it: the backoff doubles
+)
+
+// runSession serves a registered session until it ends.
 func (a *Agent) runSession(ctx context.Context, s *agentSession) {
 	defer a.wg.Done()
 	start := time.Now()
@@ -291,7 +301,9 @@ func (a *Agent) runSession(ctx context.Context, s *agentSession) {
 		a.log.Warn("session ended", "server", s.addr, "server_id", s.id, "err", err)
 	}
 	if time.Since(start) >= a.cfg.StableAfter {
-		a.resetBackoff.Store(true)
+		a.sessionEnd.Store(endStable)
+	} else {
+		a.sessionEnd.Store(endEarly)
 	}
 }
 

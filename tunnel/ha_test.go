@@ -1,95 +1,24 @@
 package tunnel
 
 import (
-	"io"
 	"net"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tunnel-project/tunnel/internal/lbtest"
 )
 
-// balancer is a TCP load balancer in front of server replicas: each new
-// connection goes to the next backend in turn, skipping one that refuses,
-// and is then forwarded both ways until either side closes.
-type balancer struct {
-	ln       net.Listener
-	mu       sync.Mutex
-	backends []string
-	next     int
-	conns    map[net.Conn]bool
-	wg       sync.WaitGroup
-}
-
-func startBalancer(t *testing.T, backends ...string) *balancer {
-	b := &balancer{ln: listenTCP(t, "127.0.0.1:0"), backends: backends, conns: make(map[net.Conn]bool)}
-	b.wg.Add(1)
-	go b.acceptLoop()
-	t.Cleanup(func() {
-		b.ln.Close()
-		b.mu.Lock()
-		for c := range b.conns {
-			c.Close()
-		}
-		b.mu.Unlock()
-		b.wg.Wait()
-	})
+// startBalancer starts a load balancer over the replicas' agent addresses.
+func startBalancer(t *testing.T, backends ...string) *lbtest.Balancer {
+	b, err := lbtest.Start(backends...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
 	return b
-}
-
-func (b *balancer) addr() string { return b.ln.Addr().String() }
-
-// set replaces backend i (a replica restarted on another port).
-func (b *balancer) set(i int, addr string) {
-	b.mu.Lock()
-	b.backends[i] = addr
-	b.mu.Unlock()
-}
-
-func (b *balancer) pick() net.Conn {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for range b.backends {
-		addr := b.backends[b.next%len(b.backends)]
-		b.next++
-		if up, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			return up
-		}
-	}
-	return nil
-}
-
-func (b *balancer) acceptLoop() {
-	defer b.wg.Done()
-	for {
-		c, err := b.ln.Accept()
-		if err != nil {
-			return
-		}
-		up := b.pick()
-		if up == nil {
-			c.Close()
-			continue
-		}
-		b.mu.Lock()
-		b.conns[c], b.conns[up] = true, true
-		b.mu.Unlock()
-		b.wg.Add(1)
-		go func() {
-			defer b.wg.Done()
-			done := make(chan struct{})
-			go func() { io.Copy(up, c); up.Close(); c.Close(); close(done) }()
-			io.Copy(c, up)
-			c.Close()
-			up.Close()
-			<-done
-			b.mu.Lock()
-			delete(b.conns, c)
-			delete(b.conns, up)
-			b.mu.Unlock()
-		}()
-	}
 }
 
 // replicaSet is a replica count a test changes (Replicas).
@@ -145,9 +74,9 @@ func startReplica(t *testing.T, h *harness, id string, replicas Replicas, agentA
 
 // haAgentConfig is an agent of node that reaches the replicas through lb
 // and looks for missing ones every 50ms or so.
-func haAgentConfig(h *harness, node string, lb *balancer) AgentConfig {
+func haAgentConfig(h *harness, node string, lb *lbtest.Balancer) AgentConfig {
 	cfg := h.agentConfig(node)
-	cfg.ServerAddress = lb.addr()
+	cfg.ServerAddress = lb.Addr()
 	cfg.ProbeInterval = 50 * time.Millisecond
 	return cfg
 }
@@ -241,7 +170,7 @@ func TestHAAgentsHoldEveryReplica(t *testing.T) {
 
 	// s3 comes back (on another port: the balancer is told).
 	r3 = startReplica(t, r1.harness, "s3", FixedReplicas(3), "", false)
-	lb.set(2, r3.agentAddr)
+	lb.Set(2, r3.agentAddr)
 	replicas[2] = r3
 	waitFor(t, "the agents to return to s3", holdsAll(agents, replicas, 3))
 	c := r3.mustConnect(echoB)
@@ -269,7 +198,7 @@ func TestHAReplicaCountFollowed(t *testing.T) {
 	waitFor(t, "the agent to hold s1", holdsAll([]*runningAgent{agent}, []haReplica{r1}, 1))
 
 	r2 := startReplica(t, r1.harness, "s2", count, "", false)
-	lb.set(0, r2.agentAddr) // new connections reach s2 only
+	lb.Set(0, r2.agentAddr) // new connections reach s2 only
 	count.set(2)
 	waitFor(t, "the agent to hold s1 and s2", holdsAll([]*runningAgent{agent}, []haReplica{r1, r2}, 2))
 
@@ -292,14 +221,14 @@ func TestHAAdvertisedAddress(t *testing.T) {
 	agents := []*runningAgent{r1.runAgent(cfg)}
 	waitFor(t, "the agent to hold both replicas", holdsAll(agents, []haReplica{r1, r2}, 2))
 
-	lb.set(1, r1.agentAddr) // the balancer reaches s1 only from now on
+	lb.Set(1, r1.agentAddr) // the balancer reaches s1 only from now on
 	r2.srv.Close()
 	r2 = startReplica(t, r1.harness, "s2", FixedReplicas(2), r2.agentAddr, true)
 	waitFor(t, "the agent to find s2 at its address", holdsAll(agents, []haReplica{r1, r2}, 2))
 
 	r2.srv.Close() // for good; its successor has another ID and address
 	r3 := startReplica(t, r1.harness, "s3", FixedReplicas(2), "", true)
-	lb.set(1, r3.agentAddr)
+	lb.Set(1, r3.agentAddr)
 	waitFor(t, "the agent to find s3 through the balancer", holdsAll(agents, []haReplica{r1, r3}, 2))
 	expectMetric(t, r1.reg, eq(1), "tunnel_server_agent_registrations_total")
 }

@@ -1,0 +1,206 @@
+package benchmarks
+
+import (
+	"context"
+	"crypto/tls"
+	"flag"
+	"fmt"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tunnel-project/tunnel/certs"
+	"github.com/tunnel-project/tunnel/internal/lbtest"
+	"github.com/tunnel-project/tunnel/tunnel"
+)
+
+// TestHAFleet measures high availability with a fleet: three server
+// replicas behind a round-robin balancer and -ha-agents agents, all in
+// this process. It prints how long the fleet takes to hold a session to
+// every replica and how many handshakes that costs, then restarts one
+// replica on the same address and prints how long the fleet takes to
+// return to it, and how many probes the other two answered meanwhile —
+// once with the replicas advertising their addresses, once without.
+// `make test` runs it small; `make bench-ha` runs a fleet with the
+// production probe interval.
+func TestHAFleet(t *testing.T) {
+	for _, advertise := range []bool{true, false} {
+		t.Run(fmt.Sprintf("advertise=%v", advertise), func(t *testing.T) { haFleet(t, advertise) })
+	}
+}
+
+var (
+	haAgents = flag.Int("ha-agents", 30, "TestHAFleet: agents")
+	haProbe  = flag.Duration("ha-probe", 200*time.Millisecond, "TestHAFleet: the agents' probe interval (tunnel-agent --probe-interval)")
+	haWithin = flag.Duration("ha-timeout", 2*time.Minute, "TestHAFleet: bound on each phase")
+)
+
+const (
+	haReplicas      = 3
+	redundantMetric = "tunnel_server_agent_redundant_connections_total"
+)
+
+// haServer is one replica of the fleet test and its metrics.
+type haServer struct {
+	srv  *tunnel.Server
+	reg  *prometheus.Registry
+	addr string
+}
+
+func haFleet(t *testing.T, advertise bool) {
+	dir := t.TempDir()
+	files, err := certs.Generate(certs.Options{Dir: filepath.Join(dir, "pki")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	servers := make([]haServer, haReplicas)
+	addrs := make([]string, haReplicas)
+	for i := range servers {
+		servers[i] = startHAServer(t, files, fmt.Sprintf("s%d", i+1), "127.0.0.1:0", advertise)
+		addrs[i] = servers[i].addr
+	}
+	lb, err := lbtest.Start(addrs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lb.Close() })
+
+	agents := startHAAgents(t, files, lb.Addr())
+	start := time.Now()
+	waitHA(t, "every agent to hold every replica", func() bool { return fleetHolds(agents, haReplicas) })
+	converge := time.Since(start)
+	handshakes := 0.0
+	for _, s := range servers {
+		handshakes += s.counter(t, "tunnel_server_agent_registrations_total") + s.counter(t, redundantMetric)
+	}
+
+	probed := func() float64 { return servers[0].counter(t, redundantMetric) + servers[1].counter(t, redundantMetric) }
+	before := probed()
+	servers[2].srv.Close()
+	waitHA(t, "the agents to notice s3 went", func() bool { return fleetHolds(agents, haReplicas-1) })
+	restart := time.Now()
+	servers[2] = startHAServer(t, files, "s3", servers[2].addr, advertise)
+	waitHA(t, "the agents to return to s3", func() bool {
+		return fleetHolds(agents, haReplicas) && servers[2].srv.Agents() == len(agents)
+	})
+	back := time.Since(restart)
+	probes := probed() - before
+
+	t.Logf("%d agents, %d replicas, probe interval %s, advertised addresses %v:", len(agents), haReplicas, *haProbe, advertise)
+	t.Logf("  every agent holds every replica after %s; %.0f handshakes, %.2f per agent-replica",
+		converge.Round(time.Millisecond), handshakes, handshakes/float64(len(agents)*haReplicas))
+	t.Logf("  one replica restarted: every agent back after %s; %.0f probes answered by the other two meanwhile",
+		back.Round(time.Millisecond), probes)
+}
+
+// startHAServer starts replica id with its agent listener on addr.
+func startHAServer(t *testing.T, files certs.Files, id, addr string, advertise bool) haServer {
+	cert, err := certs.LoadKeyPair(files.ServerCert, files.ServerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := certs.LoadPool(files.CACert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := haServer{reg: prometheus.NewRegistry(), addr: ln.Addr().String()}
+	cfg := tunnel.DefaultServerConfig()
+	cfg.AgentTLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool}
+	cfg.ID, cfg.Replicas, cfg.Registerer = id, tunnel.FixedReplicas(haReplicas), s.reg
+	if advertise {
+		cfg.AdvertiseAddress = s.addr
+	}
+	if s.srv, err = tunnel.NewServer(cfg); err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.srv.ServeAgents(ln) }()
+	t.Cleanup(func() {
+		s.srv.Close()
+		if err := <-served; err != nil {
+			t.Error(err)
+		}
+	})
+	return s
+}
+
+// startHAAgents starts -ha-agents agents, each with its own certificate,
+// connecting through addr.
+func startHAAgents(t *testing.T, files certs.Files, addr string) []*tunnel.Agent {
+	nodes := make([]certs.Node, *haAgents)
+	for i := range nodes {
+		nodes[i].Name = fleetNode(i)
+	}
+	ids, err := certs.IssueAgents(files.CACert, files.CAKey, nodes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := certs.LoadPool(files.CACert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}, len(nodes))
+	t.Cleanup(func() {
+		cancel()
+		for range nodes {
+			<-done
+		}
+	})
+	agents := make([]*tunnel.Agent, len(nodes))
+	for i, id := range ids {
+		cfg := tunnel.DefaultAgentConfig()
+		cfg.ServerAddress = addr
+		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{id}, RootCAs: pool, ServerName: "localhost"}
+		cfg.NodeName = nodes[i].Name
+		cfg.ProbeInterval = *haProbe
+		cfg.DrainTimeout = time.Millisecond
+		if agents[i], err = tunnel.NewAgent(cfg); err != nil {
+			t.Fatal(err)
+		}
+		go func() { agents[i].Run(ctx); done <- struct{}{} }()
+	}
+	return agents
+}
+
+// fleetHolds reports whether every agent holds exactly n replicas.
+func fleetHolds(agents []*tunnel.Agent, n int) bool {
+	for _, a := range agents {
+		if held, _ := a.Servers(); held != n {
+			return false
+		}
+	}
+	return true
+}
+
+func waitHA(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(*haWithin); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", *haWithin, what)
+		}
+	}
+}
+
+// counter reads an unlabelled counter of s's registry.
+func (s haServer) counter(t *testing.T, name string) float64 {
+	t.Helper()
+	families, err := s.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name && len(f.GetMetric()) == 1 {
+			return f.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no counter %s", name)
+	return 0
+}
