@@ -305,6 +305,7 @@ func (a *Agent) runSession(ctx context.Context, s *agentSession) {
 	} else {
 		a.sessionEnd.Store(endEarly)
 	}
+	a.update(func() { delete(a.held, s.id) }) // after sessionEnd: this wakes Run
 }
 
 // waitForGap blocks while the agent holds a session to every replica; it
@@ -407,7 +408,6 @@ func (a *Agent) connect(ctx context.Context, addr string) (*agentSession, error)
 // session alive and, when ctx ends, drains it.
 func (a *Agent) serve(ctx context.Context, s *agentSession) error {
 	sess := s.sess
-	defer a.update(func() { delete(a.held, s.id) })
 	var streams inflight
 	stop := context.AfterFunc(ctx, func() { a.drain(sess, s.ctrl, &streams) })
 	defer stop()

@@ -70,7 +70,7 @@ func (n *notifySocket) expectNone(t *testing.T, d time.Duration, while string) {
 }
 
 // reconnectingRE matches the agent's line after a failed attempt.
-var reconnectingRE = regexp.MustCompile(`msg="session ended; reconnecting"`)
+var reconnectingRE = regexp.MustCompile(`msg="connecting failed"`)
 
 // gate forwards TCP to a fixed address once opened; until then it closes
 // every connection it accepts, as a server that is down would.

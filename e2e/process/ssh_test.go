@@ -90,4 +90,4 @@ func TestSSHTransportWrongHostKeyRefused(t *testing.T) {
 
 // hostKeyMismatchRE matches the agent's log of knownhosts refusing a
 // changed host key.
-var hostKeyMismatchRE = regexp.MustCompile(`session ended; reconnecting.*key mismatch`)
+var hostKeyMismatchRE = regexp.MustCompile(`connecting failed.*key mismatch`)
