@@ -2,7 +2,6 @@ package benchmarks
 
 import (
 	"context"
-	"crypto/tls"
 	"flag"
 	"net"
 	"path/filepath"
@@ -33,16 +32,10 @@ type fleetServer struct {
 func startFleetServer(t *testing.T) fleetServer {
 	t.Helper()
 	files := generateFleetPKI(t)
-	cert, err := certs.LoadKeyPair(files.ServerCert, files.ServerKey)
+	cfg, err := serverConfig(files)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool, err := certs.LoadPool(files.CACert)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := tunnel.DefaultServerConfig()
-	cfg.AgentTLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool}
 	srv, err := tunnel.NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)

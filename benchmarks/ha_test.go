@@ -98,11 +98,7 @@ func haFleet(t *testing.T, advertise bool) {
 
 // startHAServer starts replica id with its agent listener on addr.
 func startHAServer(t *testing.T, files certs.Files, id, addr string, advertise bool) haServer {
-	cert, err := certs.LoadKeyPair(files.ServerCert, files.ServerKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool, err := certs.LoadPool(files.CACert)
+	cfg, err := serverConfig(files)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,8 +107,6 @@ func startHAServer(t *testing.T, files certs.Files, id, addr string, advertise b
 		t.Fatal(err)
 	}
 	s := haServer{reg: prometheus.NewRegistry(), addr: ln.Addr().String()}
-	cfg := tunnel.DefaultServerConfig()
-	cfg.AgentTLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool}
 	cfg.ID, cfg.Replicas, cfg.Registerer = id, tunnel.FixedReplicas(haReplicas), s.reg
 	if advertise {
 		cfg.AdvertiseAddress = s.addr

@@ -125,22 +125,32 @@ func (e *inProcess) startTarget() error {
 // newServer creates a server with the generated certificates, closed when
 // the harness stops; the caller starts its listeners.
 func (e *inProcess) newServer(files certs.Files) (*tunnel.Server, error) {
-	cert, err := certs.LoadKeyPair(files.ServerCert, files.ServerKey)
+	cfg, err := serverConfig(files)
 	if err != nil {
 		return nil, err
 	}
-	pool, err := certs.LoadPool(files.CACert)
-	if err != nil {
-		return nil, err
-	}
-	cfg := tunnel.DefaultServerConfig()
-	cfg.AgentTLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool}
 	srv, err := tunnel.NewServer(cfg)
 	if err != nil {
 		return nil, err
 	}
 	e.stops = append(e.stops, func() { srv.Close() })
 	return srv, nil
+}
+
+// serverConfig is the default server configuration with the generated
+// server certificate and agent CA.
+func serverConfig(files certs.Files) (tunnel.ServerConfig, error) {
+	cfg := tunnel.DefaultServerConfig()
+	cert, err := certs.LoadKeyPair(files.ServerCert, files.ServerKey)
+	if err != nil {
+		return cfg, err
+	}
+	pool, err := certs.LoadPool(files.CACert)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.AgentTLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool}
+	return cfg, nil
 }
 
 func (e *inProcess) startServer(files certs.Files) (string, error) {
