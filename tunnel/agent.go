@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -152,9 +153,9 @@ type Agent struct {
 	sessionEnd atomic.Int32 // how the last session ended: endStable, endEarly, or 0 once Run has seen it
 
 	mu      sync.Mutex
-	held    map[string]bool   // IDs of the replicas this agent holds a registered session to
+	held    map[string]int    // replica ID → the replica count it reports, for each replica held
 	addrs   map[string]string // replica ID → the address it advertised (ha.go)
-	want    int               // the replica count the servers last reported, at least 1
+	want    int               // the highest count the replicas held report, at least 1
 	changed chan struct{}     // closed and replaced when held or want changes
 }
 
@@ -174,7 +175,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	cfg.NodeName = strings.ToLower(cfg.NodeName)
 	a := &Agent{cfg: cfg, log: logger(cfg.Logger), tls: t,
 		policy: newDestPolicy(cfg.NodeIPs, cfg.PodCIDRs, cfg.AllowCIDRs, cfg.AllowPorts),
-		held:   make(map[string]bool), addrs: make(map[string]string), want: 1, changed: make(chan struct{})}
+		held:   make(map[string]int), addrs: make(map[string]string), want: 1, changed: make(chan struct{})}
 	a.metrics = newAgentMetrics(func() (held, want int) {
 		a.mu.Lock()
 		defer a.mu.Unlock()
@@ -251,20 +252,34 @@ func (a *Agent) Run(ctx context.Context) error {
 		default:
 			a.log.Warn("connecting failed", "server", addr, "err", err)
 		}
-		if err != nil && lostID != "" && backoff == a.cfg.MaxBackoff {
+		if lostID != "" && a.answeredFor(lostID, s, rej, backoff) {
 			a.log.Info("forgetting the address of a lost replica; looking for it through the server address", "server_id", lostID, "addr", addr)
 			a.update(func() { delete(a.addrs, lostID) })
 		}
-		// A failure doubles the backoff; progress toward every replica
-		// resets it; a replica answering "held" leaves it alone (probes are
-		// paced by ProbeInterval).
-		switch held, want := a.Servers(); {
-		case err == nil && held < want:
-			backoff = a.cfg.MinBackoff
-		case err != nil && (rej == nil || !rej.Held):
+		// A failure doubles the backoff; a replica answering "held" leaves
+		// it alone (probes are paced by ProbeInterval).
+		if err != nil && (rej == nil || !rej.Held) {
 			backoff = min(2*backoff, a.cfg.MaxBackoff)
 		}
 	}
+}
+
+// answeredFor reports whether the agent should stop trying the address of
+// lost replica id after an attempt there (s on success, rej on a refusal):
+// another replica answered at it, or the attempt failed with the backoff
+// already at its maximum.
+func (a *Agent) answeredFor(id string, s *agentSession, rej *RejectedError, backoff time.Duration) bool {
+	answered := ""
+	switch {
+	case s != nil:
+		answered = s.id
+	case rej != nil:
+		answered = rej.ServerID
+	}
+	if answered != "" && answered != id {
+		return true
+	}
+	return s == nil && backoff == a.cfg.MaxBackoff
 }
 
 // nextAddress returns where to connect next: the advertised address of a
@@ -275,7 +290,7 @@ func (a *Agent) nextAddress() (addr, id string) {
 	defer a.mu.Unlock()
 	var lost []string
 	for id := range a.addrs {
-		if !a.held[id] {
+		if _, ok := a.held[id]; !ok {
 			lost = append(lost, id)
 		}
 	}
@@ -326,11 +341,17 @@ func (a *Agent) waitForGap(ctx context.Context) bool {
 	}
 }
 
-// update changes held or want under the lock and wakes waitForGap.
+// update changes held (or addrs) under the lock, sets want to the highest
+// count a replica held reports — one replica's low or stale count must not
+// stop the agent from looking for the others; with none held the last want
+// stays — and wakes waitForGap.
 func (a *Agent) update(f func()) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	f()
+	if len(a.held) > 0 {
+		a.want = max(slices.Max(slices.Collect(maps.Values(a.held))), 1)
+	}
 	close(a.changed)
 	a.changed = make(chan struct{})
 }
@@ -382,12 +403,11 @@ func (a *Agent) connect(ctx context.Context, addr string) (*agentSession, error)
 	ctrl, reply, err := a.hello(hctx, sess)
 	if err == nil {
 		a.update(func() {
-			if a.held[reply.ServerID] { // defensive: the hello named every replica held, and only Run adds one
+			if _, ok := a.held[reply.ServerID]; ok { // defensive: the hello named every replica held, and only Run adds one
 				err = &RejectedError{Reason: "already held", ServerID: reply.ServerID, Held: true}
 				return
 			}
-			a.held[reply.ServerID] = true
-			a.want = max(reply.ServerCount, 1)
+			a.held[reply.ServerID] = reply.ServerCount
 			a.remember(reply.ServerID, reply.Address)
 		})
 	}
@@ -419,7 +439,7 @@ func (a *Agent) serve(ctx context.Context, s *agentSession) error {
 	}()
 	go func() {
 		defer func() { done <- struct{}{} }()
-		a.followReplicas(s.ctrl)
+		a.followReplicas(s)
 	}()
 	for {
 		st, err := sess.Accept(context.Background())
@@ -440,12 +460,12 @@ func (a *Agent) serve(ctx context.Context, s *agentSession) error {
 	}
 }
 
-// followReplicas reads the control stream after registration: each
-// replica-count frame sets how many sessions the agent keeps. It returns
-// when the stream ends (with the session).
-func (a *Agent) followReplicas(ctrl net.Conn) {
+// followReplicas reads s's control stream after registration: each
+// replica-count frame is the count s's replica reports from then on. It
+// returns when the stream ends (with the session).
+func (a *Agent) followReplicas(s *agentSession) {
 	for {
-		typ, payload, err := readAnyFrame(ctrl)
+		typ, payload, err := readAnyFrame(s.ctrl)
 		if err != nil {
 			return
 		}
@@ -457,11 +477,11 @@ func (a *Agent) followReplicas(ctrl net.Conn) {
 			a.log.Warn("bad replica count from the server", "err", err)
 			continue
 		}
+		a.log.Info("server replica count changed", "server_id", s.id, "replicas", n)
 		a.update(func() {
-			if n != a.want {
-				a.log.Info("server replica count changed", "replicas", n, "was", a.want)
+			if _, ok := a.held[s.id]; ok {
+				a.held[s.id] = n
 			}
-			a.want = n
 		})
 	}
 }

@@ -233,6 +233,32 @@ func TestHAAdvertisedAddress(t *testing.T) {
 	expectMetric(t, r1.reg, eq(1), "tunnel_server_agent_registrations_total")
 }
 
+// TestHAAddressOfAnotherReplicaForgotten: an advertised address at which
+// another replica answers (a misconfigured --advertise-address) is
+// forgotten at the first such answer, not retried in a loop.
+func TestHAAddressOfAnotherReplicaForgotten(t *testing.T) {
+	r1 := startReplica(t, nil, "s1", FixedReplicas(2), "", true)
+	r2 := haReplica{r1.replica(func(c *ServerConfig) {
+		c.ID, c.Replicas, c.AdvertiseAddress = "s2", FixedReplicas(2), r1.agentAddr
+	}, ""), nil}
+	lb := startBalancer(t, r1.agentAddr, r2.agentAddr)
+	agent := r1.runAgent(haAgentConfig(r1.harness, "node-a", lb))
+	waitFor(t, "the agent to hold both replicas", holdsAll([]*runningAgent{agent}, []haReplica{r1, r2}, 2))
+
+	lb.Set(1, r1.agentAddr)
+	r2.srv.Close()
+	waitFor(t, "s2's address (really s1's) to be forgotten", func() bool {
+		agent.mu.Lock()
+		defer agent.mu.Unlock()
+		_, known := agent.addrs["s2"]
+		return !known
+	})
+	expectMetric(t, r1.reg, eq(1), "tunnel_server_agent_registrations_total")
+	if n, _ := metricValue(t, r1.reg, "tunnel_server_agent_redundant_connections_total"); n > 3 {
+		t.Fatalf("s1 answered %v connections meant for s2's address", n)
+	}
+}
+
 // TestAcceptRate: a burst of one second's worth, then one slot per interval;
 // an idle spell refills the burst.
 func TestAcceptRate(t *testing.T) {

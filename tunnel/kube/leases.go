@@ -248,7 +248,7 @@ func (l *Leases) WaitForSync(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), l.informer.HasSynced) {
 		return fmt.Errorf("kube: leases not listed: %w", context.Cause(ctx))
 	}
-	l.recount()
+	l.recount(true)
 	l.poke() // run sets its expiry timer
 	return nil
 }
@@ -290,23 +290,33 @@ func (l *Leases) run(ctx context.Context) {
 	defer renew.Stop()
 	expiry := time.NewTimer(l.every)
 	defer expiry.Stop()
+	renewed := true
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-renew.C:
-			if err := l.renew(ctx); err != nil && ctx.Err() == nil {
+			err := l.renew(ctx)
+			if renewed = err == nil; !renewed && ctx.Err() == nil {
 				l.log.Warn("lease renewal failed; retrying", "err", err, "retry", l.every)
 			}
 		case <-l.wake:
 		case <-expiry.C:
 		}
-		if next := l.recount(); next > 0 {
+		if next := l.recount(renewed && l.cacheCurrent()); next > 0 {
 			expiry.Reset(next)
 		} else {
 			expiry.Stop()
 		}
 	}
+}
+
+// cacheCurrent reports whether the informer's cache holds our Lease as we
+// last wrote it: if it does not, the watch may be stalled, and the other
+// Leases may look expired only because their renewals have not arrived.
+func (l *Leases) cacheCurrent() bool {
+	cached, err := l.lister.Get(l.name)
+	return err == nil && l.own != nil && cached.ResourceVersion == l.own.ResourceVersion
 }
 
 // poke asks run to count again, without blocking the informer.
@@ -319,8 +329,11 @@ func (l *Leases) poke() {
 
 // recount sets the count from the informer's cache, tells the subscribers
 // if it changed, and returns the time until the next counted Lease expires
-// (0: none).
-func (l *Leases) recount() (next time.Duration) {
+// (0: none). Unless mayLower, it keeps a count higher than the cache
+// shows: while our own renewals fail or the cache lags behind them, other
+// replicas' Leases are not known to have expired, and a count that is too
+// low would stop agents looking for replicas that are there.
+func (l *Leases) recount(mayLower bool) (next time.Duration) {
 	l.mu.Lock()
 	leases, err := l.lister.List(l.selector)
 	if err != nil { // the lister does not fail; keep the count if it does
@@ -339,6 +352,9 @@ func (l *Leases) recount() (next time.Duration) {
 		}
 	}
 	old := l.count
+	if n < old && !mayLower {
+		n = old
+	}
 	l.count = n
 	subs := slices.Clone(l.notify)
 	l.mu.Unlock()

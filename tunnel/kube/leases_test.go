@@ -353,6 +353,36 @@ func TestRenewalRetriesAndRecreates(t *testing.T) {
 	})
 }
 
+// TestCountHeldWhileRenewalsFail: while this replica cannot renew its own
+// Lease, its view of the others may be stale too, so an expiry does not
+// lower the count; once a renewal goes through, it does.
+func TestCountHeldWhileRenewalsFail(t *testing.T) {
+	client := fake.NewClientset()
+	var failing atomic.Bool
+	var failed atomic.Int32
+	client.PrependReactor("update", "leases", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if failing.Load() {
+			failed.Add(1)
+			return true, nil, apierrors.NewInternalError(errors.New("etcd is unwell"))
+		}
+		return false, nil, nil
+	})
+	c := newClock()
+	r := startReplicasOn(t, client, c, LeaseConfig{})
+	r.create(t, otherLease("replica-b", c.now(), 10))
+	r.waitCount(t, 2)
+
+	failing.Store(true)
+	eventually(t, "a renewal to fail", func() bool { return failed.Load() > 0 })
+	c.advance(11 * time.Second) // replica-b has expired, by our clock
+	time.Sleep(10 * testEvery)  // several failed renewals and re-evaluations
+	if n := r.Count(); n != 2 {
+		t.Fatalf("Count = %d while renewals fail, want 2 kept", n)
+	}
+	failing.Store(false)
+	r.waitCount(t, 1)
+}
+
 func TestLeaseName(t *testing.T) {
 	for _, tc := range []struct{ id, want string }{
 		{"replica-a", "tunnel-server-replica-a"},
