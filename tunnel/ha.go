@@ -3,6 +3,7 @@ package tunnel
 import (
 	"math"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -44,10 +45,15 @@ func (n FixedReplicas) Count() int { return max(int(n), 1) }
 // Notify does nothing: the count never changes.
 func (FixedReplicas) Notify(func()) {}
 
-// isHostPort reports whether addr is "host:port" with both parts set.
+// isHostPort reports whether addr is "host:port" with a host and a port
+// number.
 func isHostPort(addr string) bool {
 	host, port, err := net.SplitHostPort(addr)
-	return err == nil && host != "" && port != ""
+	if err != nil || host == "" {
+		return false
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	return err == nil && n > 0
 }
 
 // replicaCount returns the number of replicas the server knows of.
@@ -75,21 +81,30 @@ func (s *Server) welcome(a *agentConn, ctrl net.Conn) error {
 	return err
 }
 
-// replicasChanged tells every registered agent the new replica count.
+// replicasChanged tells every registered agent the new replica count, each
+// from a goroutine of its own: one agent whose connection is stuck must
+// hold up neither the others nor the caller (the Lease renewal loop).
+// Each write reads the count anew, so whatever order they run in, an
+// agent's last frame carries the latest count.
 func (s *Server) replicasChanged() {
 	n := s.replicaCount()
 	s.metrics.replicas.Set(float64(n))
 	s.log.Info("replica count changed", "replicas", n)
 	for _, a := range s.routes.all() {
-		a.ctrlMu.Lock()
-		if a.ctrl != nil {
-			a.ctrl.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-			if err := encodeJSONFrame(a.ctrl, frameReplicas, replicaCount{ServerCount: s.replicaCount()}); err != nil {
-				s.log.Warn("could not tell an agent the replica count", "node", a.node, "err", err)
-			}
-			a.ctrl.SetWriteDeadline(time.Time{})
-		}
-		a.ctrlMu.Unlock()
+		go s.announceReplicas(a)
+	}
+}
+
+func (s *Server) announceReplicas(a *agentConn) {
+	a.ctrlMu.Lock()
+	defer a.ctrlMu.Unlock()
+	if a.ctrl == nil { // its hello reply, still to come, carries the count
+		return
+	}
+	a.ctrl.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	defer a.ctrl.SetWriteDeadline(time.Time{})
+	if err := encodeJSONFrame(a.ctrl, frameReplicas, replicaCount{ServerCount: s.replicaCount()}); err != nil {
+		s.log.Warn("could not tell an agent the replica count", "node", a.node, "err", err)
 	}
 }
 
@@ -123,16 +138,21 @@ func (s *Server) Coverage() (withAgent, known int) {
 // acceptRate spaces out agent connections (ServerConfig.AgentAcceptRate):
 // a burst of up to one second's worth at once, then one per interval. The
 // accept loop waits for each connection's slot before it starts the
-// handshake, so connections beyond the rate queue in the listen backlog —
-// costing the server nothing — and an agent whose handshake timeout passes
-// there tries again after its backoff. That keeps a fleet reconnecting to a
-// restarted replica from starving it of CPU with TLS handshakes.
+// handshake, so that a fleet reconnecting at once cannot starve the server
+// of CPU with TLS handshakes. A connection whose slot is more than
+// acceptQueue away is closed at once, before any TLS: queueing it longer
+// would outlast the agent's handshake timeout and spend a handshake on a
+// connection the agent has given up; closed, it costs nothing, and the
+// agent tries again after its backoff or probe interval.
 type acceptRate struct {
 	interval time.Duration // zero: no limit
 	burst    time.Duration // how far the schedule may lag behind now
 	mu       sync.Mutex
 	next     time.Time // the next free slot
 }
+
+// acceptQueue is how long a connection may wait for its handshake slot.
+const acceptQueue = time.Second
 
 func newAcceptRate(perSecond float64) *acceptRate {
 	if perSecond <= 0 {
@@ -143,10 +163,11 @@ func newAcceptRate(perSecond float64) *acceptRate {
 	return &acceptRate{interval: interval, burst: time.Duration(burst-1) * interval}
 }
 
-// delay books the next slot and returns how long to wait for it.
-func (r *acceptRate) delay(now time.Time) time.Duration {
+// delay books the next slot and returns how long to wait for it, or
+// reports false, booking nothing, if that is longer than acceptQueue.
+func (r *acceptRate) delay(now time.Time) (time.Duration, bool) {
 	if r == nil || r.interval == 0 {
-		return 0
+		return 0, true
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -154,6 +175,10 @@ func (r *acceptRate) delay(now time.Time) time.Duration {
 	if earliest := now.Add(-r.burst); slot.Before(earliest) {
 		slot = earliest
 	}
+	wait := max(slot.Sub(now), 0)
+	if wait > acceptQueue {
+		return 0, false
+	}
 	r.next = slot.Add(r.interval)
-	return max(slot.Sub(now), 0)
+	return wait, true
 }

@@ -37,7 +37,7 @@ const (
 	LimitHeaderTimeout    = "header_timeout"    // HeaderTimeout: a CONNECT request (or its TLS handshake) cut off
 	LimitHeaderSize       = "header_size"       // MaxHeaderBytes: a CONNECT request refused with 431
 	LimitDialTimeout      = "dial_timeout"      // DialTimeout: a dial answered with 504
-	LimitAcceptRate       = "accept_rate"       // AgentAcceptRate: an agent connection held in the backlog a while
+	LimitAcceptRate       = "accept_rate"       // AgentAcceptRate: an agent connection made to wait, or closed before TLS
 )
 
 var limitNames = []string{LimitAgents, LimitStreamsPerAgent, LimitPendingDials, LimitHandshakeTimeout,

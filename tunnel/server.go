@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -32,8 +31,8 @@ type ServerConfig struct {
 	AdvertiseAddress string
 	// AgentAcceptRate bounds the agent connections the server starts
 	// handshakes for, per second, after a burst of one second's worth;
-	// those beyond it wait in the listen backlog (ha.go). Zero: no bound.
-	// Default 200.
+	// those beyond it wait up to a second for their turn, and those beyond
+	// that are closed before TLS (ha.go). Zero: no bound. Default 200.
 	AgentAcceptRate float64
 	// AgentTLS is the TLS configuration of the agent listener: the server
 	// certificate and the CA pool (ClientCAs) that signs agent certificates.
@@ -122,8 +121,8 @@ func (c *ServerConfig) Validate() error {
 		return &ConfigError{Field: "MaxHeaderBytes", Msg: "must be at least 256"}
 	case c.AdvertiseAddress != "" && !isHostPort(c.AdvertiseAddress):
 		return &ConfigError{Field: "AdvertiseAddress", Msg: fmt.Sprintf("%q is not host:port", c.AdvertiseAddress)}
-	case c.AgentAcceptRate < 0 || math.IsNaN(c.AgentAcceptRate):
-		return &ConfigError{Field: "AgentAcceptRate", Msg: fmt.Sprintf("must not be negative, not %v", c.AgentAcceptRate)}
+	case c.AgentAcceptRate != 0 && !(c.AgentAcceptRate >= 1 && c.AgentAcceptRate <= 1e6):
+		return &ConfigError{Field: "AgentAcceptRate", Msg: fmt.Sprintf("must be 0 (no bound) or from 1 to 1e6 per second, not %v", c.AgentAcceptRate)}
 	}
 	return errors.Join(
 		checkPositive("DialTimeout", c.DialTimeout),
@@ -191,7 +190,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cfg.Nodes.Notify(s.syncNode) // nodes.go
 	}
 	if cfg.Replicas != nil {
-		cfg.Replicas.Notify(s.replicasChanged) // ha.go
+		cfg.Replicas.Notify(s.replicasChanged) // ha.go; it does not block
 	}
 	return s, nil
 }
@@ -287,10 +286,15 @@ func (s *Server) serve(ln net.Listener, rate *acceptRate, handle func(net.Conn))
 			continue
 		}
 		backoff = 0
-		if d := rate.delay(time.Now()); d > 0 {
+		d, ok := rate.delay(time.Now())
+		if d > 0 || !ok {
 			s.limited(LimitAcceptRate)
-			time.Sleep(d)
 		}
+		if !ok { // ha.go: shed before TLS
+			c.Close()
+			continue
+		}
+		time.Sleep(d)
 		if !s.track(c, c.Close) {
 			return nil
 		}

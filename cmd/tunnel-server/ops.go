@@ -41,6 +41,9 @@ func (f *serverFlags) checkOps(reg prometheus.Registerer) error {
 	if !(f.ops.readyMinCoverage >= 0 && f.ops.readyMinCoverage <= 1) {
 		return &cli.FlagError{Flag: "ready-min-coverage", Msg: fmt.Sprintf("must be a fraction from 0 to 1, not %v", f.ops.readyMinCoverage)}
 	}
+	if f.ops.readyMinCoverage > 0 && f.kube.kubeconfig == "" {
+		return &cli.FlagError{Flag: "ready-min-coverage", Msg: "needs --kubeconfig: coverage is of the cluster's Nodes"}
+	}
 	f.cfg.Registerer = reg
 	return nil
 }
