@@ -70,7 +70,7 @@ func haFleet(t *testing.T, advertise bool) {
 
 	agents := startHAAgents(t, files, lb.Addr())
 	start := time.Now()
-	waitHA(t, "every agent to hold every replica", func() bool { return fleetHolds(agents, haReplicas) })
+	waitHA(t, "every agent to hold every replica", agents, func() bool { return fleetHolds(agents, haReplicas) })
 	converge := time.Since(start)
 	handshakes := 0.0
 	for _, s := range servers {
@@ -80,10 +80,10 @@ func haFleet(t *testing.T, advertise bool) {
 	probed := func() float64 { return servers[0].counter(t, redundantMetric) + servers[1].counter(t, redundantMetric) }
 	before := probed()
 	servers[2].srv.Close()
-	waitHA(t, "the agents to notice s3 went", func() bool { return fleetHolds(agents, haReplicas-1) })
+	waitHA(t, "the agents to notice s3 went", agents, func() bool { return fleetHolds(agents, haReplicas-1) })
 	restart := time.Now()
 	servers[2] = startHAServer(t, files, "s3", servers[2].addr, advertise)
-	waitHA(t, "the agents to return to s3", func() bool {
+	waitHA(t, "the agents to return to s3", agents, func() bool {
 		return fleetHolds(agents, haReplicas) && servers[2].srv.Agents() == len(agents)
 	})
 	back := time.Since(restart)
@@ -174,13 +174,32 @@ func fleetHolds(agents []*tunnel.Agent, n int) bool {
 	return true
 }
 
-func waitHA(t *testing.T, what string, cond func() bool) {
+// waitHA polls cond for up to -ha-timeout, logging every 10s how many
+// agents hold how many replicas.
+func waitHA(t *testing.T, what string, agents []*tunnel.Agent, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(*haWithin); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", *haWithin, what)
+	start := time.Now()
+	report := start.Add(10 * time.Second)
+	for !cond() {
+		if now := time.Now(); now.After(report) {
+			t.Logf("%s: waiting for %s; agents by replicas held: %v", now.Sub(start).Round(time.Second), what, heldHistogram(agents))
+			report = now.Add(10 * time.Second)
 		}
+		if time.Since(start) > *haWithin {
+			t.Fatalf("timed out after %s waiting for %s; agents by replicas held: %v", *haWithin, what, heldHistogram(agents))
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// heldHistogram counts the agents by the number of replicas they hold.
+func heldHistogram(agents []*tunnel.Agent) [haReplicas + 1]int {
+	var h [haReplicas + 1]int
+	for _, a := range agents {
+		held, _ := a.Servers()
+		h[min(held, haReplicas)]++
+	}
+	return h
 }
 
 // counter reads an unlabelled counter of s's registry.
