@@ -382,6 +382,17 @@ func (a *Agent) remember(id, addr string) {
 	}
 }
 
+// rememberPeers keeps the addresses of the other replicas that replica
+// from knows of, to connect to them directly; a replica's word about
+// itself (remember) wins over another's.
+func (a *Agent) rememberPeers(from string, peers map[string]string) {
+	for id, addr := range peers {
+		if _, held := a.held[id]; id != from && !held {
+			a.remember(id, addr)
+		}
+	}
+}
+
 // agentSession is a registered session to one server replica.
 type agentSession struct {
 	sess Session
@@ -409,6 +420,7 @@ func (a *Agent) connect(ctx context.Context, addr string) (*agentSession, error)
 			}
 			a.held[reply.ServerID] = reply.ServerCount
 			a.remember(reply.ServerID, reply.Address)
+			a.rememberPeers(reply.ServerID, reply.Peers)
 		})
 	}
 	if err != nil {
@@ -472,16 +484,17 @@ func (a *Agent) followReplicas(s *agentSession) {
 		if typ != frameReplicas {
 			continue
 		}
-		n, err := decodeReplicaCount(payload)
+		r, err := decodeReplicaCount(payload)
 		if err != nil {
 			a.log.Warn("bad replica count from the server", "err", err)
 			continue
 		}
-		a.log.Info("server replica count changed", "server_id", s.id, "replicas", n)
+		a.log.Info("server replica count changed", "server_id", s.id, "replicas", r.ServerCount)
 		a.update(func() {
 			if _, ok := a.held[s.id]; ok {
-				a.held[s.id] = n
+				a.held[s.id] = r.ServerCount
 			}
+			a.rememberPeers(s.id, r.Peers)
 		})
 	}
 }

@@ -17,12 +17,14 @@ import (
 // already holds a session to; a replica it already holds answers "held"
 // without registering anything, and the agent tries again after a jittered
 // wait, until it holds as many sessions as the replica count its servers
-// report. A replica that goes away ends its sessions (keepalive); if it
-// advertised an address of its own (ServerConfig.AdvertiseAddress), its
-// agents try it there directly with backoff, so that they return as soon
-// as it does without probing the others, and otherwise they look for it
-// through the shared address. When the count changes, every registered
-// agent is told on its control stream.
+// report. Replicas may advertise addresses of their own
+// (ServerConfig.AdvertiseAddress) and know each other's (Replicas.Addresses:
+// the Leases): an agent connects to a replica it knows the address of
+// directly, with backoff, and probes the shared address only for replicas
+// it knows no address of. So a replica that goes away (its sessions end,
+// or keepalive ends them) is found again as soon as it is back, without
+// probing the others. When the count changes, every registered agent is
+// told on its control stream.
 
 // Replicas tells a server how many replicas share its agent address.
 // Its methods must be safe for concurrent use.
@@ -33,6 +35,10 @@ type Replicas interface {
 	// calls Notify once, in NewServer; f does not block for long and may be
 	// called from any goroutine, also after the server closed.
 	Notify(f func())
+	// Addresses returns the agent addresses the replicas advertise
+	// (ServerConfig.AdvertiseAddress), by server ID, as far as it knows
+	// them; nil if it knows none. Agents connect to those directly.
+	Addresses() map[string]string
 }
 
 // FixedReplicas is a replica count that never changes (tunnel-server
@@ -44,6 +50,9 @@ func (n FixedReplicas) Count() int { return max(int(n), 1) }
 
 // Notify does nothing: the count never changes.
 func (FixedReplicas) Notify(func()) {}
+
+// Addresses returns nil: a fixed count knows no replica's address.
+func (FixedReplicas) Addresses() map[string]string { return nil }
 
 // isHostPort reports whether addr is "host:port" with a host and a port
 // number.
@@ -64,6 +73,16 @@ func (s *Server) replicaCount() int {
 	return max(s.cfg.Replicas.Count(), 1)
 }
 
+// peers returns the addresses the other replicas advertise, by ID.
+func (s *Server) peers() map[string]string {
+	if s.cfg.Replicas == nil {
+		return nil
+	}
+	peers := s.cfg.Replicas.Addresses()
+	delete(peers, s.cfg.ID)
+	return peers
+}
+
 // welcome sends a registered agent its hello reply, with the replica
 // count, and from then on lets replicasChanged reach it on ctrl. Both hold
 // a's control lock while they read the count and write, so the agent's
@@ -74,7 +93,7 @@ func (s *Server) welcome(a *agentConn, ctrl net.Conn) error {
 	ctrl.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	defer ctrl.SetDeadline(time.Time{})
 	err := encodeJSONFrame(ctrl, frameHelloReply, HelloReply{Version: ProtocolVersion, ServerID: s.cfg.ID,
-		ServerCount: s.replicaCount(), Address: s.cfg.AdvertiseAddress})
+		ServerCount: s.replicaCount(), Address: s.cfg.AdvertiseAddress, Peers: s.peers()})
 	if err == nil {
 		a.ctrl = ctrl
 	}
@@ -103,7 +122,7 @@ func (s *Server) announceReplicas(a *agentConn) {
 	}
 	a.ctrl.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	defer a.ctrl.SetWriteDeadline(time.Time{})
-	if err := encodeJSONFrame(a.ctrl, frameReplicas, replicaCount{ServerCount: s.replicaCount()}); err != nil {
+	if err := encodeJSONFrame(a.ctrl, frameReplicas, replicaCount{ServerCount: s.replicaCount(), Peers: s.peers()}); err != nil {
 		s.log.Warn("could not tell an agent the replica count", "node", a.node, "err", err)
 	}
 }

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"maps"
 	"net"
 	"slices"
 	"sync"
@@ -22,11 +23,19 @@ func startBalancer(t *testing.T, backends ...string) *lbtest.Balancer {
 	return b
 }
 
-// replicaSet is a replica count a test changes (Replicas).
+// replicaSet is a replica count a test changes (Replicas), and the
+// replicas' addresses.
 type replicaSet struct {
 	mu     sync.Mutex
 	n      int
+	addrs  map[string]string
 	notify []func()
+}
+
+func (r *replicaSet) Addresses() map[string]string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.addrs)
 }
 
 func (r *replicaSet) Count() int {
@@ -257,6 +266,25 @@ func TestHAAddressOfAnotherReplicaForgotten(t *testing.T) {
 	expectMetric(t, r1.reg, eq(1), "tunnel_server_agent_registrations_total")
 	if n, _ := metricValue(t, r1.reg, "tunnel_server_agent_redundant_connections_total"); n > 3 {
 		t.Fatalf("s1 answered %v connections meant for s2's address", n)
+	}
+}
+
+// TestHAPeerAddresses: replicas that know each other's addresses (Leases)
+// hand them to agents, which connect to each directly: they need no probe
+// through a balancer that reaches one replica only.
+func TestHAPeerAddresses(t *testing.T) {
+	set := &replicaSet{n: 3}
+	r1 := startReplica(t, nil, "s1", set, "", true)
+	r2 := startReplica(t, r1.harness, "s2", set, "", true)
+	r3 := startReplica(t, r1.harness, "s3", set, "", true)
+	set.addrs = map[string]string{"s1": r1.agentAddr, "s2": r2.agentAddr, "s3": r3.agentAddr}
+	lb := startBalancer(t, r1.agentAddr)
+	cfg := haAgentConfig(r1.harness, "node-a", lb)
+	cfg.ProbeInterval = time.Hour
+	agent := r1.runAgent(cfg)
+	waitFor(t, "the agent to hold every replica", holdsAll([]*runningAgent{agent}, []haReplica{r1, r2, r3}, 3))
+	for _, r := range []haReplica{r2, r3} {
+		expectMetric(t, r.reg, eq(0), "tunnel_server_agent_redundant_connections_total")
 	}
 }
 

@@ -115,6 +115,9 @@ type HelloReply struct {
 	// Address, if set, is where this replica can be reached directly
 	// ("host:port"), for an agent that loses its session to it.
 	Address string `json:"address,omitempty"`
+	// Peers are the addresses the other replicas advertise, by server ID,
+	// as far as this one knows them: the agent connects to them directly.
+	Peers map[string]string `json:"peers,omitempty"`
 	// Error, when set, says why the registration was rejected; the server
 	// closes the session after sending it.
 	Error string `json:"error,omitempty"`
@@ -126,18 +129,19 @@ type HelloReply struct {
 
 // replicaCount is the payload of a replicas frame.
 type replicaCount struct {
-	ServerCount int `json:"serverCount"`
+	ServerCount int               `json:"serverCount"`
+	Peers       map[string]string `json:"peers,omitempty"` // as in HelloReply
 }
 
-func decodeReplicaCount(payload []byte) (int, error) {
+func decodeReplicaCount(payload []byte) (replicaCount, error) {
 	var r replicaCount
 	if err := json.Unmarshal(payload, &r); err != nil {
-		return 0, fmt.Errorf("tunnel: bad replicas frame: %w", err)
+		return r, fmt.Errorf("tunnel: bad replicas frame: %w", err)
 	}
 	if r.ServerCount < 1 {
-		return 0, fmt.Errorf("tunnel: bad replicas frame: serverCount %d", r.ServerCount)
+		return r, fmt.Errorf("tunnel: bad replicas frame: serverCount %d", r.ServerCount)
 	}
-	return r.ServerCount, nil
+	return r, nil
 }
 
 func encodeJSONFrame(w io.Writer, typ byte, v any) error {

@@ -129,7 +129,7 @@ func (k *kubeFlags) startLeases(client kubernetes.Interface, cfg *tunnel.ServerC
 		return nil, &cli.FlagError{Flag: "server-id", Msg: "--replica-leases needs a stable --server-id for this replica (its host name, say)"}
 	}
 	leases, err := kube.NewLeases(kube.LeaseConfig{Client: client, Namespace: k.leaseNamespace, ID: cfg.ID,
-		Duration: k.leaseDuration, Logger: log.With("source", "kubernetes")})
+		Duration: k.leaseDuration, Address: cfg.AdvertiseAddress, Logger: log.With("source", "kubernetes")})
 	if err != nil {
 		return nil, cli.FromConfig(err, leaseFlags)
 	}

@@ -42,6 +42,9 @@ const (
 	// LeaseNamePrefix starts the name of every replica's Lease; the
 	// replica's ID (sanitized) follows.
 	LeaseNamePrefix = "tunnel-server-"
+	// AddressAnnotation, on a replica's Lease, is the agent address it
+	// advertises (LeaseConfig.Address, tunnel-server --advertise-address).
+	AddressAnnotation = "tunnel-project.io/advertise-address"
 
 	// DefaultLeaseNamespace is the default LeaseConfig.Namespace.
 	DefaultLeaseNamespace = "kube-system"
@@ -70,6 +73,10 @@ type LeaseConfig struct {
 	// long after its last renewal. It renews every Duration/3. At least
 	// 1s; default DefaultLeaseDuration.
 	Duration time.Duration
+	// Address, if set, is the agent address this replica advertises: it is
+	// written on the Lease (AddressAnnotation), and the other replicas
+	// hand it to their agents (Addresses).
+	Address string
 	// Logger receives lease renewal failures and replica count changes.
 	// Nil discards them.
 	Logger *slog.Logger
@@ -274,6 +281,24 @@ func (l *Leases) Count() int {
 	return l.count
 }
 
+// Addresses implements tunnel.Replicas: the advertised addresses on the
+// unexpired Leases, by holder (the replica's server ID), ours included.
+func (l *Leases) Addresses() map[string]string {
+	leases, err := l.lister.List(l.selector)
+	if err != nil {
+		return nil
+	}
+	now := l.cfg.now()
+	addrs := make(map[string]string)
+	for _, lease := range leases {
+		addr, holder := lease.Annotations[AddressAnnotation], ptrValue(lease.Spec.HolderIdentity)
+		if end, ok := leaseEnd(lease); ok && end.After(now) && addr != "" && holder != "" {
+			addrs[holder] = addr
+		}
+	}
+	return addrs
+}
+
 // Notify implements tunnel.Replicas: f is called, with no lock held, after
 // each change of Count.
 func (l *Leases) Notify(f func()) {
@@ -417,6 +442,14 @@ func (l *Leases) fill(lease *coordinationv1.Lease, now metav1.MicroTime) {
 		lease.Labels = map[string]string{}
 	}
 	lease.Labels[ReplicaLabel] = ReplicaLabelValue
+	if l.cfg.Address != "" {
+		if lease.Annotations == nil {
+			lease.Annotations = map[string]string{}
+		}
+		lease.Annotations[AddressAnnotation] = l.cfg.Address
+	} else {
+		delete(lease.Annotations, AddressAnnotation)
+	}
 	lease.Spec.HolderIdentity = new(l.cfg.ID)
 	lease.Spec.LeaseDurationSeconds = new(l.seconds)
 	lease.Spec.AcquireTime = &now

@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"errors"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -220,6 +221,28 @@ func TestCountOtherReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.waitCount(t, 2)
+}
+
+// TestAddresses: a replica writes its advertised address on its Lease, and
+// Addresses lists those of the unexpired Leases by holder.
+func TestAddresses(t *testing.T) {
+	r := startReplicas(t, LeaseConfig{ID: "replica-a", Address: "10.0.0.11:8132"})
+	lease, err := r.get(t, r.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := lease.Annotations[AddressAnnotation]; got != "10.0.0.11:8132" {
+		t.Fatalf("annotation %s = %q, want 10.0.0.11:8132", AddressAnnotation, got)
+	}
+	now := r.clock.now()
+	b, stale, none := otherLease("replica-b", now, 30), otherLease("replica-c", now.Add(-time.Minute), 30), otherLease("replica-d", now, 30)
+	b.Annotations = map[string]string{AddressAnnotation: "10.0.0.12:8132"}
+	stale.Annotations = map[string]string{AddressAnnotation: "10.0.0.13:8132"}
+	for _, l := range []*coordinationv1.Lease{b, stale, none} {
+		r.create(t, l)
+	}
+	want := map[string]string{"replica-a": "10.0.0.11:8132", "replica-b": "10.0.0.12:8132"}
+	eventually(t, "the addresses of the unexpired Leases", func() bool { return maps.Equal(r.Addresses(), want) })
 }
 
 func TestExpiredLeasesAreNotCounted(t *testing.T) {
