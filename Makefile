@@ -82,8 +82,9 @@ bench-smoke:
 
 # High availability with a fleet (benchmarks/ha_test.go, README "High
 # availability"): 1,000 agents, three replicas behind a balancer, the
-# production probe interval; one replica restarted, with and without
-# advertised addresses. `make test` runs it with 30 agents.
+# production probe interval; one replica restarted; replicas that advertise
+# no address, their own, and each other's. `make test` runs it with 30
+# agents.
 bench-ha:
 	$(GO) test -run TestHAFleet -v -timeout 60m ./benchmarks/ -ha-agents 1000 -ha-probe 10s -ha-timeout 15m
 

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"flag"
 	"fmt"
+	"maps"
 	"net"
 	"path/filepath"
 	"testing"
@@ -22,15 +23,39 @@ import (
 // this process. It prints how long the fleet takes to hold a session to
 // every replica and how many handshakes that costs, then restarts one
 // replica on the same address and prints how long the fleet takes to
-// return to it, and how many probes the other two answered meanwhile —
-// once with the replicas advertising their addresses, once without.
-// `make test` runs it small; `make bench-ha` runs a fleet with the
-// production probe interval.
+// return to it, and how many probes the other two answered meanwhile. It
+// does so three ways: the replicas advertise no address (agents find them
+// by probing the balancer); each advertises its own (agents find a lost
+// one there again); each also knows the others' (as with Leases: agents
+// connect to every replica directly). `make test` runs it small; `make
+// bench-ha` runs a fleet with the production probe interval.
 func TestHAFleet(t *testing.T) {
-	for _, advertise := range []bool{true, false} {
-		t.Run(fmt.Sprintf("advertise=%v", advertise), func(t *testing.T) { haFleet(t, advertise) })
+	for _, m := range []haMode{probeOnly, ownAddress, peerAddresses} {
+		t.Run(m.String(), func(t *testing.T) { haFleet(t, m) })
 	}
 }
+
+// haMode is what the replicas of TestHAFleet know of addresses.
+type haMode int
+
+const (
+	probeOnly     haMode = iota // no --advertise-address
+	ownAddress                  // --advertise-address, with --server-count
+	peerAddresses               // --advertise-address, with --replica-leases
+)
+
+func (m haMode) String() string {
+	return [...]string{"probe-only", "own-address", "peer-addresses"}[m]
+}
+
+// peerSet is the replica set of peerAddresses: a fixed count that knows
+// every replica's address, as Leases do.
+type peerSet struct {
+	tunnel.FixedReplicas
+	addrs map[string]string
+}
+
+func (p peerSet) Addresses() map[string]string { return maps.Clone(p.addrs) }
 
 var (
 	haAgents = flag.Int("ha-agents", 30, "TestHAFleet: agents")
@@ -50,17 +75,31 @@ type haServer struct {
 	addr string
 }
 
-func haFleet(t *testing.T, advertise bool) {
+func haFleet(t *testing.T, mode haMode) {
 	dir := t.TempDir()
 	files, err := certs.Generate(certs.Options{Dir: filepath.Join(dir, "pki")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	servers := make([]haServer, haReplicas)
+	// The replicas' listeners first: peerAddresses needs every address
+	// before any replica starts.
+	lns := make([]net.Listener, haReplicas)
 	addrs := make([]string, haReplicas)
+	set := peerSet{FixedReplicas: haReplicas, addrs: map[string]string{}}
+	for i := range lns {
+		if lns[i], err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		addrs[i] = lns[i].Addr().String()
+		set.addrs[haID(i)] = addrs[i]
+	}
+	var replicas tunnel.Replicas = tunnel.FixedReplicas(haReplicas)
+	if mode == peerAddresses {
+		replicas = set
+	}
+	servers := make([]haServer, haReplicas)
 	for i := range servers {
-		servers[i] = startHAServer(t, files, fmt.Sprintf("s%d", i+1), "127.0.0.1:0", advertise)
-		addrs[i] = servers[i].addr
+		servers[i] = startHAServer(t, files, haID(i), lns[i], replicas, mode != probeOnly)
 	}
 	lb, err := lbtest.Start(addrs...)
 	if err != nil {
@@ -82,32 +121,34 @@ func haFleet(t *testing.T, advertise bool) {
 	servers[2].srv.Close()
 	waitHA(t, "the agents to notice s3 went", agents, func() bool { return fleetHolds(agents, haReplicas-1) })
 	restart := time.Now()
-	servers[2] = startHAServer(t, files, "s3", servers[2].addr, advertise)
+	ln, err := net.Listen("tcp", servers[2].addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	servers[2] = startHAServer(t, files, haID(2), ln, replicas, mode != probeOnly)
 	waitHA(t, "the agents to return to s3", agents, func() bool {
 		return fleetHolds(agents, haReplicas) && servers[2].srv.Agents() == len(agents)
 	})
 	back := time.Since(restart)
 	probes := probed() - before
 
-	t.Logf("%d agents, %d replicas, probe interval %s, advertised addresses %v:", len(agents), haReplicas, *haProbe, advertise)
+	t.Logf("%d agents, %d replicas, probe interval %s, %s:", len(agents), haReplicas, *haProbe, mode)
 	t.Logf("  every agent holds every replica after %s; %.0f handshakes, %.2f per agent-replica",
 		converge.Round(time.Millisecond), handshakes, handshakes/float64(len(agents)*haReplicas))
 	t.Logf("  one replica restarted: every agent back after %s; %.0f probes answered by the other two meanwhile",
 		back.Round(time.Millisecond), probes)
 }
 
-// startHAServer starts replica id with its agent listener on addr.
-func startHAServer(t *testing.T, files certs.Files, id, addr string, advertise bool) haServer {
+func haID(i int) string { return fmt.Sprintf("s%d", i+1) }
+
+// startHAServer starts replica id serving agents on ln.
+func startHAServer(t *testing.T, files certs.Files, id string, ln net.Listener, replicas tunnel.Replicas, advertise bool) haServer {
 	cfg, err := serverConfig(files)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
 	s := haServer{reg: prometheus.NewRegistry(), addr: ln.Addr().String()}
-	cfg.ID, cfg.Replicas, cfg.Registerer = id, tunnel.FixedReplicas(haReplicas), s.reg
+	cfg.ID, cfg.Replicas, cfg.Registerer = id, replicas, s.reg
 	if advertise {
 		cfg.AdvertiseAddress = s.addr
 	}
