@@ -101,8 +101,9 @@ func (s *Server) welcome(a *agentConn, ctrl net.Conn) error {
 }
 
 // replicasChanged tells every registered agent the new replica count, each
-// from a goroutine of its own: one agent whose connection is stuck must
-// hold up neither the others nor the caller (the Lease renewal loop).
+// from a goroutine of its own that Close waits for: one agent whose
+// connection is stuck must hold up neither the others nor the caller (the
+// Lease renewal loop).
 // Each write reads the count anew, so whatever order they run in, an
 // agent's last frame carries the latest count.
 func (s *Server) replicasChanged() {
@@ -110,7 +111,7 @@ func (s *Server) replicasChanged() {
 	s.metrics.replicas.Set(float64(n))
 	s.log.Info("replica count changed", "replicas", n)
 	for _, a := range s.routes.all() {
-		go s.announceReplicas(a)
+		s.spawn(func() { s.announceReplicas(a) })
 	}
 }
 

@@ -260,6 +260,21 @@ func (s *Server) track(key any, closeFn func() error) bool {
 	return true
 }
 
+// spawn runs f in a goroutine that Close waits for, unless the server has
+// closed.
+func (s *Server) spawn(f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+}
+
 func (s *Server) untrack(key any) {
 	s.mu.Lock()
 	delete(s.open, key)
