@@ -205,12 +205,14 @@ func (a *Agent) Servers() (held, want int) {
 // sessions and waits for their streams. It returns nil after ctx ends.
 //
 // It connects whenever it holds fewer sessions than there are replicas.
-// A replica it has lost that advertised an address is tried there directly,
-// with a jittered exponential backoff, until the backoff reaches its
-// maximum; then the address is forgotten. Otherwise it connects through
-// ServerAddress: at once the first time, with the backoff while it holds
-// no session, and about every ProbeInterval while it holds some (it still
-// serves, and a fleet looking for a replica must not storm the others).
+// A replica it does not hold but knows the address of (advertised by the
+// replica itself or by its peers) is tried there directly, with a jittered
+// exponential backoff, until the backoff reaches its maximum or another
+// replica answers there; then the address is forgotten. Otherwise it
+// connects through ServerAddress: at once the first time, with the backoff
+// while it holds no session, and about every ProbeInterval while it holds
+// some (it still serves, and a fleet looking for a replica must not storm
+// the others).
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.wg.Wait()
 	backoff := a.cfg.MinBackoff
