@@ -299,14 +299,21 @@ func waitClosed(c net.Conn, d time.Duration) error {
 	return nil
 }
 
-// registerOnce connects and registers one session, as Run does, and closes
-// it again; it returns the error that kept the agent from registering.
-func (a *Agent) registerOnce(ctx context.Context) error {
+// registerOnce makes an agent of cfg connect and register once, as Run's
+// first attempt does, within 5 seconds, and closes the session again; it
+// returns the error that kept the agent from registering.
+func registerOnce(t *testing.T, cfg AgentConfig) error {
+	t.Helper()
+	a, err := NewAgent(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
 	s, err := a.connect(ctx, a.cfg.ServerAddress)
 	if err != nil {
 		return err
 	}
 	s.sess.Close()
-	a.update(func() { delete(a.held, s.id) })
 	return nil
 }

@@ -39,14 +39,8 @@ func expectStatus(t *testing.T, h *harness, dest string, code int, reason string
 func TestLimitMaxAgents(t *testing.T) {
 	h, reg := limitHarness(t, func(c *ServerConfig) { c.MaxAgents = 1 })
 	first := h.startAgent(h.agentConfig("node-a"))
-	a, err := NewAgent(h.agentConfig("node-b"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
 	var rej *RejectedError
-	if err := a.registerOnce(ctx); !errors.As(err, &rej) || !strings.Contains(rej.Reason, "limit of 1 agents") {
+	if err := registerOnce(t, h.agentConfig("node-b")); !errors.As(err, &rej) || !strings.Contains(rej.Reason, "limit of 1 agents") {
 		t.Fatalf("second agent: %v, want a rejection naming the agent limit", err)
 	}
 	expectMetric(t, reg, eq(1), "tunnel_server_agent_rejections_total", "reason", RejectLimit)

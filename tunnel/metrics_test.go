@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -186,13 +185,7 @@ func TestMetricsRejectionReasons(t *testing.T) {
 			before, _ := metricValue(t, reg, "tunnel_server_agent_rejections_total", "reason", tc.reason)
 			cfg := h.agentConfig("node-a")
 			tc.mod(&cfg)
-			a, err := NewAgent(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if err := a.registerOnce(ctx); err == nil {
+			if err := registerOnce(t, cfg); err == nil {
 				t.Fatal("registered")
 			}
 			expectMetric(t, reg, eq(before+1), "tunnel_server_agent_rejections_total", "reason", tc.reason)

@@ -126,19 +126,6 @@ func writeKnownHosts(t testing.TB, dir, addr string, key ssh.PublicKey, ca bool)
 	return f.Name()
 }
 
-// runSessionOnce runs one session of an agent until it registers or fails,
-// and returns its error (nil: it registered and the context then ended).
-func runSessionOnce(t *testing.T, cfg AgentConfig) error {
-	t.Helper()
-	a, err := NewAgent(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return a.registerOnce(ctx)
-}
-
 func TestSSHWrongHostKeyRefused(t *testing.T) {
 	h := newHarness(t, nil)
 	h.startSSH()
@@ -149,7 +136,7 @@ func TestSSHWrongHostKeyRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.SSH.HostKeyCallback = cb
-	err = runSessionOnce(t, cfg)
+	err = registerOnce(t, cfg)
 	var ke *knownhosts.KeyError
 	if !errors.As(err, &ke) || len(ke.Want) == 0 {
 		t.Fatalf("got %v, want a knownhosts.KeyError for a changed host key", err)
@@ -159,7 +146,7 @@ func TestSSHWrongHostKeyRefused(t *testing.T) {
 	if cfg.SSH.HostKeyCallback, err = knownhosts.New(other); err != nil {
 		t.Fatal(err)
 	}
-	err = runSessionOnce(t, cfg)
+	err = registerOnce(t, cfg)
 	if !errors.As(err, &ke) || len(ke.Want) != 0 {
 		t.Fatalf("got %v, want a knownhosts.KeyError for an unknown host", err)
 	}
@@ -173,7 +160,7 @@ func TestSSHUnknownKeyRefused(t *testing.T) {
 	h.startSSH()
 	cfg := h.agentConfig("node-a")
 	cfg.SSH.Signer = newSSHKey(t)
-	err := runSessionOnce(t, cfg)
+	err := registerOnce(t, cfg)
 	if err == nil || !strings.Contains(err.Error(), "unable to authenticate") {
 		t.Fatalf("got %v, want an authentication failure", err)
 	}
@@ -187,7 +174,7 @@ func TestSSHPrincipalNotHeldRefused(t *testing.T) {
 	h.startSSH()
 	cfg := h.agentConfig("node-a") // node-a's key: principals="node-a"
 	cfg.NodeName, cfg.NodeIPs = "node-b", nil
-	err := runSessionOnce(t, cfg)
+	err := registerOnce(t, cfg)
 	var rej *RejectedError
 	if !errors.As(err, &rej) || !strings.Contains(rej.Reason, `does not prove node name "node-b"`) {
 		t.Fatalf("got %v, want a rejection for node-b", err)
@@ -264,19 +251,9 @@ func TestSSHCertificates(t *testing.T) {
 		{"unknown CA", agent([]string{"node-a"}, now.Add(-time.Minute), now.Add(time.Hour), ssh.UserCert, sshCA{t, newSSHKey(t)}), "unable to authenticate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a, err := NewAgent(tc.cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			registered := make(chan struct{})
-			a.cfg.OnRegistered = func() { close(registered); cancel() }
-			err = a.registerOnce(ctx)
-			cancel()
+			err := registerOnce(t, tc.cfg)
 			if tc.want == "" {
-				select {
-				case <-registered:
-				default:
+				if err != nil {
 					t.Fatalf("did not register: %v", err)
 				}
 				return

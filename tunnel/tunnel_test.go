@@ -317,13 +317,7 @@ func TestAgentRejected(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := h.agentConfig("node-a")
 			tc.mod(&cfg)
-			a, err := NewAgent(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			err = a.registerOnce(ctx)
+			err := registerOnce(t, cfg)
 			var rej *RejectedError
 			if !errors.As(err, &rej) || !strings.Contains(rej.Reason, tc.want) {
 				t.Fatalf("got %v, want a rejection containing %q", err, tc.want)
@@ -338,10 +332,7 @@ func TestAgentRejected(t *testing.T) {
 		cfg := other.agentConfig("node-a")
 		cfg.ServerAddress = h.agentAddr
 		cfg.TLS.RootCAs = h.pool
-		a, _ := NewAgent(cfg)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := a.registerOnce(ctx); err == nil {
+		if err := registerOnce(t, cfg); err == nil {
 			t.Fatal("agent with a foreign certificate was accepted")
 		}
 		if n := h.srv.Agents(); n != 0 {
