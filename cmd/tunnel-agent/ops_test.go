@@ -3,25 +3,15 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"io"
-	"net/http"
-	"net/http/httptest"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/tunnel-project/tunnel/certs"
 	"github.com/tunnel-project/tunnel/cmd/internal/admin"
+	"github.com/tunnel-project/tunnel/cmd/internal/admin/admintest"
 	"github.com/tunnel-project/tunnel/tunnel"
 )
-
-func get(t *testing.T, h http.Handler, path string) (int, string) {
-	t.Helper()
-	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
-	body, _ := io.ReadAll(rec.Result().Body)
-	return rec.Code, string(body)
-}
 
 // TestReadyzUntilRegistered: an agent that cannot reach its server is live
 // (its loop runs) but not ready; after Run returns it is not live either.
@@ -67,13 +57,13 @@ func TestReadyzUntilRegistered(t *testing.T) {
 		{"/readyz", 503, "[-]registered failed: no registered session with the server\nreadyz check failed\n"},
 		{"/readyz?verbose", 503, "[-]registered failed: no registered session with the server\nreadyz check failed\n"},
 	} {
-		if c, b := get(t, h, tc.path); c != tc.code || b != tc.body {
+		if c, b := admintest.Get(t, h, tc.path); c != tc.code || b != tc.body {
 			t.Errorf("GET %s: %d %q, want %d %q", tc.path, c, b, tc.code, tc.body)
 		}
 	}
 	cancel()
 	<-done
-	if c, b := get(t, h, "/livez?verbose"); c != 503 || b != "[+]ping ok\n[-]running failed: not running: run\nlivez check failed\n" {
+	if c, b := admintest.Get(t, h, "/livez?verbose"); c != 503 || b != "[+]ping ok\n[-]running failed: not running: run\nlivez check failed\n" {
 		t.Errorf("GET /livez?verbose after Run returned: %d %q", c, b)
 	}
 }

@@ -3,26 +3,16 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"io"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/tunnel-project/tunnel/certs"
 	"github.com/tunnel-project/tunnel/cmd/internal/admin"
+	"github.com/tunnel-project/tunnel/cmd/internal/admin/admintest"
 	"github.com/tunnel-project/tunnel/tunnel"
 )
-
-func get(t *testing.T, h http.Handler, path string) (int, string) {
-	t.Helper()
-	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
-	body, _ := io.ReadAll(rec.Result().Body)
-	return rec.Code, string(body)
-}
 
 // TestReadyz: with --ready-min-agents=1 the server is not ready before its
 // listener runs or while no agent is registered, and is ready once one
@@ -56,7 +46,7 @@ func TestReadyz(t *testing.T) {
 
 	expect := func(path string, code int, body string) {
 		t.Helper()
-		if c, b := get(t, h, path); c != code || b != body {
+		if c, b := admintest.Get(t, h, path); c != code || b != body {
 			t.Errorf("GET %s: %d %q, want %d %q", path, c, b, code, body)
 		}
 	}
@@ -108,7 +98,7 @@ func TestReadyz(t *testing.T) {
 		{opsFlags{readyMinAgents: 1, readyMinCoverage: 0.5}, 503, "[-]agents failed: 1 of 0 known nodes have an agent here, want 50% (--ready-min-coverage)\nreadyz check failed\n"},
 	} {
 		h := admin.NewHandler(admin.NewRegistry(), serverHealth(srv, loops, tc.ops), false)
-		if c, b := get(t, h, "/readyz"); c != tc.code || b != tc.body {
+		if c, b := admintest.Get(t, h, "/readyz"); c != tc.code || b != tc.body {
 			t.Errorf("%+v with 1 agent: %d %q, want %d %q", tc.ops, c, b, tc.code, tc.body)
 		}
 	}

@@ -2,24 +2,14 @@ package admin
 
 import (
 	"errors"
-	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
+	"github.com/tunnel-project/tunnel/cmd/internal/admin/admintest"
 	"github.com/tunnel-project/tunnel/cmd/internal/cli"
 )
-
-// get fetches path from h and returns the status and body.
-func get(t *testing.T, h http.Handler, path string) (int, string) {
-	t.Helper()
-	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
-	body, _ := io.ReadAll(rec.Result().Body)
-	return rec.Code, string(body)
-}
 
 func TestHealthEndpoints(t *testing.T) {
 	var agentsErr error = errors.New("0 of at least 1 agents registered")
@@ -46,19 +36,19 @@ func TestHealthEndpoints(t *testing.T) {
 		{"/livez?verbose", 200, "[+]ping ok\nlivez check passed\n"},
 		{"/readyz/nonesuch", 404, ""},
 	} {
-		code, body := get(t, h, tc.path)
+		code, body := admintest.Get(t, h, tc.path)
 		if code != tc.code || (tc.body != "" && body != tc.body) {
 			t.Errorf("GET %s: %d %q, want %d %q", tc.path, code, body, tc.code, tc.body)
 		}
 	}
 	agentsErr = nil
-	if code, body := get(t, h, "/readyz"); code != 200 || body != "ok" {
+	if code, body := admintest.Get(t, h, "/readyz"); code != 200 || body != "ok" {
 		t.Errorf("GET /readyz once every check passes: %d %q, want 200 \"ok\"", code, body)
 	}
 }
 
 func TestMetricsEndpoint(t *testing.T) {
-	code, body := get(t, NewHandler(NewRegistry(), Health{}, false), "/metrics")
+	code, body := admintest.Get(t, NewHandler(NewRegistry(), Health{}, false), "/metrics")
 	if code != 200 {
 		t.Fatalf("GET /metrics: %d", code)
 	}
@@ -75,7 +65,7 @@ func TestMetricsEndpoint(t *testing.T) {
 
 func TestProfilingOnlyWhenEnabled(t *testing.T) {
 	for _, on := range []bool{false, true} {
-		code, body := get(t, NewHandler(NewRegistry(), Health{}, on), "/debug/pprof/")
+		code, body := admintest.Get(t, NewHandler(NewRegistry(), Health{}, on), "/debug/pprof/")
 		if got := code == 200 && strings.Contains(body, "goroutine"); got != on {
 			t.Errorf("profiling %v: GET /debug/pprof/ = %d", on, code)
 		}
