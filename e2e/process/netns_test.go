@@ -4,10 +4,8 @@ package process
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"testing"
 )
 
@@ -110,20 +108,13 @@ func dialFrom(t *testing.T, ns, addr string) (bool, string) {
 // separate network namespaces with a target only the node namespace can
 // reach, and proves the CONNECT frontend reaches it through the tunnel.
 func TestNetnsTunnelReachesIsolatedTarget(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: network namespaces need root (run go test as root)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("skipping: the ip command (iproute2) is not installed")
-	}
+	needNetns(t)
 	n := newNetnsTopology(os.Getpid())
 	n.setup(t)
 
 	// The echo target: this test binary re-executed in the node namespace,
 	// bound to the address only that namespace has.
-	target := startProc(t, "echo target in "+n.nodeNS, helperEnv("echo", net.JoinHostPort(n.targetIP.String(), "0")),
-		append(inNS(n.nodeNS), testBinary(t))...)
-	targetAddr := target.waitLog(t, helperListeningRE, startTimeout)[1]
+	targetAddr := startNetnsHelper(t, n, "echo")
 
 	if ok, out := dialFrom(t, n.nodeNS, targetAddr); !ok {
 		t.Fatalf("control: the target is not reachable even inside its own namespace: %s", out)

@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"regexp"
 	"strings"
 	"sync"
@@ -390,17 +389,10 @@ func TestKeepaliveDetectsSilentNetwork(t *testing.T) {
 // sockets stay open. Both ends must notice within interval + timeout, the
 // open tunnel must end, and once the link is back the agent registers again.
 func TestNetnsKeepaliveDetectsDeadLink(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: network namespaces need root (run go test as root)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("skipping: the ip command (iproute2) is not installed")
-	}
+	needNetns(t)
 	n := newNetnsTopology(os.Getpid())
 	n.setup(t)
-	target := startProc(t, "echo target in "+n.nodeNS, helperEnv("echo", net.JoinHostPort(n.targetIP.String(), "0")),
-		append(inNS(n.nodeNS), testBinary(t))...)
-	targetAddr := target.waitLog(t, helperListeningRE, startTimeout)[1]
+	targetAddr := startNetnsHelper(t, n, "echo")
 
 	cs := newCerts(t, []string{n.srvIP.String()}, nodeA+"="+n.targetIP.String())
 	srv := startServer(t, cs, serverOpts{listenHost: n.srvIP.String(), wrap: inNS(n.srvNS), extra: kaFlags})
