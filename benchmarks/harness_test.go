@@ -189,6 +189,12 @@ func (e *inProcess) startAgent(files certs.Files, serverAddr string) error {
 	cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: "localhost"}
 	cfg.NodeName = benchNode.Name
 	cfg.NodeIPs = benchNode.IPs
+	return e.runAgent(cfg, e.srv)
+}
+
+// runAgent runs an agent of cfg until the harness stops, and waits until
+// srv counts an agent.
+func (e *inProcess) runAgent(cfg tunnel.AgentConfig, srv *tunnel.Server) error {
 	a, err := tunnel.NewAgent(cfg)
 	if err != nil {
 		return err
@@ -197,7 +203,7 @@ func (e *inProcess) startAgent(files certs.Files, serverAddr string) error {
 	e.goServe(func() error { return a.Run(ctx) }, func() error { cancel(); return nil })
 	wctx, wcancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer wcancel()
-	return e.srv.WaitAgents(wctx, 1)
+	return srv.WaitAgents(wctx, 1)
 }
 
 // path is one way to the target; skip says why it cannot run here.

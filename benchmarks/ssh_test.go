@@ -1,12 +1,10 @@
 package benchmarks
 
 import (
-	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"net"
 	"path/filepath"
-	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -46,15 +44,7 @@ func (e *inProcess) startSSH(files certs.Files) error {
 	acfg.ServerAddress = ln.Addr().String()
 	acfg.SSH = &tunnel.AgentSSHConfig{Signer: agentKey, HostKeyCallback: ssh.FixedHostKey(hostKey.PublicKey())}
 	acfg.NodeName, acfg.NodeIPs = benchNode.Name, benchNode.IPs
-	a, err := tunnel.NewAgent(acfg)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	e.goServe(func() error { return a.Run(ctx) }, func() error { cancel(); return nil })
-	wctx, wcancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer wcancel()
-	return srv.WaitAgents(wctx, 1)
+	return e.runAgent(acfg, srv)
 }
 
 func newSigner() ssh.Signer {

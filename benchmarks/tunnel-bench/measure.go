@@ -58,26 +58,24 @@ func closeAll(conns []net.Conn) {
 // measureUpload sends the pattern stream on streams sink connections for
 // dur; the target verifies every byte and confirms the count.
 func measureUpload(ctx context.Context, d benchmarks.Dialer, p *benchmarks.Pattern, seed uint64, streams int, dur time.Duration) (transfer, error) {
-	conns, err := openAll(ctx, d, benchmarks.Header{Mode: benchmarks.ModeSink, Seed: seed}, streams)
-	if err != nil {
-		return transfer{}, err
-	}
-	defer closeAll(conns)
-	var total atomic.Int64
-	start := time.Now()
-	until := start.Add(dur)
-	err = parallel(streams, func(i int) error {
-		n, err := benchmarks.Upload(conns[i], p, benchmarks.ChunkSize, until)
-		total.Add(n)
-		return err
+	h := benchmarks.Header{Mode: benchmarks.ModeSink, Seed: seed}
+	return measureStreams(ctx, d, h, streams, dur, func(c net.Conn, until time.Time) (int64, error) {
+		return benchmarks.Upload(c, p, benchmarks.ChunkSize, until)
 	})
-	return transfer{bytes: total.Load(), elapsed: time.Since(start)}, err
 }
 
 // measureDownload reads and verifies the pattern stream from streams
 // source connections for dur.
 func measureDownload(ctx context.Context, d benchmarks.Dialer, p *benchmarks.Pattern, seed uint64, streams int, dur time.Duration) (transfer, error) {
 	h := benchmarks.Header{Mode: benchmarks.ModeSource, Seed: seed, Length: benchmarks.Unlimited}
+	return measureStreams(ctx, d, h, streams, dur, func(c net.Conn, until time.Time) (int64, error) {
+		return benchmarks.Download(c, p, make([]byte, benchmarks.ChunkSize), until)
+	})
+}
+
+// measureStreams opens streams connections with header h and runs move on
+// each until dur has passed, counting the bytes moved.
+func measureStreams(ctx context.Context, d benchmarks.Dialer, h benchmarks.Header, streams int, dur time.Duration, move func(c net.Conn, until time.Time) (int64, error)) (transfer, error) {
 	conns, err := openAll(ctx, d, h, streams)
 	if err != nil {
 		return transfer{}, err
@@ -87,7 +85,7 @@ func measureDownload(ctx context.Context, d benchmarks.Dialer, p *benchmarks.Pat
 	start := time.Now()
 	until := start.Add(dur)
 	err = parallel(streams, func(i int) error {
-		n, err := benchmarks.Download(conns[i], p, make([]byte, benchmarks.ChunkSize), until)
+		n, err := move(conns[i], until)
 		total.Add(n)
 		return err
 	})
