@@ -11,7 +11,6 @@
 package deploy
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -19,11 +18,12 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/tunnel-project/tunnel/e2e/internal/bins"
 )
 
 // Bounds on every wait in this package.
 const (
-	buildTimeout   = 5 * time.Minute
 	commandTimeout = 30 * time.Second
 )
 
@@ -49,37 +49,14 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	deployDir = filepath.Join(root, "deploy")
-	dir, err := os.MkdirTemp("", "tunnel-e2e-deploy-bin-")
+	dir, err := bins.Build(root)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "deploy: temp dir: %v\n", err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	if err := buildBinaries(dir); err != nil {
 		fmt.Fprintf(os.Stderr, "deploy: %v\n", err)
 		return 1
 	}
+	defer os.RemoveAll(dir)
 	binDir = dir
 	return m.Run()
-}
-
-// buildBinaries builds tunnel-server and tunnel-agent from the main module
-// into dir.
-func buildBinaries(dir string) error {
-	mod, err := os.ReadFile(filepath.Join(root, "go.mod"))
-	if err != nil || !bytes.Contains(mod, []byte("module github.com/tunnel-project/tunnel\n")) {
-		return fmt.Errorf("%s is not the tunnel module root (go.mod: %v)", root, err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+string(filepath.Separator),
-		"./cmd/"+serverName, "./cmd/"+agentName)
-	cmd.Dir = root
-	cmd.WaitDelay = 10 * time.Second
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build in %s failed: %v\n%s", root, err, out)
-	}
-	return nil
 }
 
 func binPath(name string) string { return filepath.Join(binDir, name) }

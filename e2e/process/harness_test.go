@@ -30,11 +30,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tunnel-project/tunnel/e2e/internal/bins"
 )
 
 // Bounds on every wait in this package.
 const (
-	buildTimeout   = 5 * time.Minute  // the one-time go build
 	commandTimeout = 30 * time.Second // short-lived commands: certs, ip, flag checks
 	startTimeout   = 15 * time.Second // a process logging that it is ready
 	stopTimeout    = 10 * time.Second // reaping a killed or signalled process
@@ -64,41 +65,14 @@ func TestMain(m *testing.M) {
 }
 
 func runTests(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "tunnel-e2e-process-bin-")
+	dir, err := bins.Build(filepath.Join("..", ".."))
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "process: temp dir: %v\n", err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	if err := buildBinaries(dir); err != nil {
 		fmt.Fprintf(os.Stderr, "process: %v\n", err)
 		return 1
 	}
+	defer os.RemoveAll(dir)
 	binDir = dir
 	return m.Run()
-}
-
-// buildBinaries runs go build in the main module root, two levels up from
-// this package, and returns its output in the error when it fails.
-func buildBinaries(dir string) error {
-	root, err := filepath.Abs(filepath.Join("..", ".."))
-	if err != nil {
-		return err
-	}
-	mod, err := os.ReadFile(filepath.Join(root, "go.mod"))
-	if err != nil || !bytes.Contains(mod, []byte("module github.com/tunnel-project/tunnel\n")) {
-		return fmt.Errorf("%s is not the tunnel module root (go.mod: %v)", root, err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+string(filepath.Separator),
-		"./cmd/tunnel-server", "./cmd/tunnel-agent")
-	cmd.Dir = root
-	cmd.WaitDelay = 10 * time.Second
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build in %s failed: %v\n%s", root, err, out)
-	}
-	return nil
 }
 
 func serverBin() string { return filepath.Join(binDir, "tunnel-server") }
