@@ -306,6 +306,7 @@ func (s *Server) serve(ln net.Listener, rate *acceptRate, handle func(net.Conn))
 			s.limited(LimitAcceptRate)
 		}
 		if !ok { // ha.go: shed before TLS
+			s.log.Debug("agent connection closed: over the accept rate", "remote", c.RemoteAddr().String())
 			c.Close()
 			continue
 		}
