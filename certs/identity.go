@@ -3,6 +3,7 @@ package certs
 import (
 	"crypto/x509"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -12,14 +13,16 @@ import (
 // node to the tunnel-server.
 const NodePrefix = "system:node:"
 
-// NodeNames returns every node name cert proves: NAME from a Subject CN of
-// "system:node:NAME", then each DNS SAN, in that order and without repeats
-// (DNS names compare case-insensitively; the first spelling is kept). Empty
-// and wildcard DNS SANs prove no node and are left out. It returns nil when
-// cert names no node, as for the frontend's client certificate.
+// NodeNames returns every node name cert proves, in lower case: NAME from a
+// Subject CN of "system:node:NAME" (the prefix in any letter case), then
+// each DNS SAN, in that order and without repeats. Empty and wildcard DNS
+// SANs prove no node and are left out. It returns nil when cert names no
+// node, as for the frontend's client certificate.
 //
-// The server logs and registers these names; it must have verified cert's
-// chain and client-auth usage first.
+// It is the one place that decides whether a certificate is a node
+// credential: the agent port registers these names (after verifying cert's
+// chain and client-auth usage), and the CONNECT frontend refuses any
+// certificate for which it returns a name.
 func NodeNames(cert *x509.Certificate) []string {
 	if cert == nil {
 		return nil
@@ -29,29 +32,18 @@ func NodeNames(cert *x509.Certificate) []string {
 		names = append(names, name)
 	}
 	for _, dns := range cert.DNSNames {
-		if provingDNS(dns) && !containsFold(names, dns) {
+		if dns = strings.ToLower(dns); provingDNS(dns) && !slices.Contains(names, dns) {
 			names = append(names, dns)
 		}
 	}
 	return names
 }
 
-// ProvesNode reports whether cert proves node name: its Subject CN is
-// "system:node:"+name exactly, or one of its DNS SANs equals name ignoring
-// case. Wildcard SANs never match, so "*.nodes.example" proves no node.
+// ProvesNode reports whether cert proves node name, ignoring case: name is
+// one of NodeNames(cert). Wildcard SANs never match, so "*.nodes.example"
+// proves no node.
 func ProvesNode(cert *x509.Certificate, name string) bool {
-	if cert == nil || name == "" {
-		return false
-	}
-	if cn, ok := cnNode(cert); ok && cn == name {
-		return true
-	}
-	for _, dns := range cert.DNSNames {
-		if provingDNS(dns) && strings.EqualFold(dns, name) {
-			return true
-		}
-	}
-	return false
+	return name != "" && slices.Contains(NodeNames(cert), strings.ToLower(name))
 }
 
 // ProvesIP reports whether ip is one of cert's IP SANs. Both sides are
@@ -72,24 +64,18 @@ func ProvesIP(cert *x509.Certificate, ip netip.Addr) bool {
 	return false
 }
 
-// cnNode returns NAME from a Subject CN of "system:node:NAME".
+// cnNode returns NAME, in lower case, from a Subject CN of
+// "system:node:NAME" with the prefix in any letter case.
 func cnNode(cert *x509.Certificate) (string, bool) {
-	name, ok := strings.CutPrefix(cert.Subject.CommonName, NodePrefix)
-	return name, ok && name != ""
+	cn := cert.Subject.CommonName
+	if len(cn) <= len(NodePrefix) || !strings.EqualFold(cn[:len(NodePrefix)], NodePrefix) {
+		return "", false
+	}
+	return strings.ToLower(cn[len(NodePrefix):]), true
 }
 
 // provingDNS reports whether a DNS SAN can prove a node name: not empty and
 // not a wildcard.
 func provingDNS(dns string) bool {
 	return dns != "" && !strings.Contains(dns, "*")
-}
-
-// containsFold reports whether names holds s, ignoring case.
-func containsFold(names []string, s string) bool {
-	for _, n := range names {
-		if strings.EqualFold(n, s) {
-			return true
-		}
-	}
-	return false
 }

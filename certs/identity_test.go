@@ -34,6 +34,8 @@ func TestNodeNames(t *testing.T) {
 		{"CN then SANs, deduplicated", certWith("system:node:w1", []string{"W1", "w2", "w2"}), []string{"w1", "w2"}},
 		{"empty name after prefix", certWith("system:node:", nil), nil},
 		{"prefix elsewhere", certWith("x-system:node:w1", nil), nil},
+		{"prefix in other case", certWith("SYSTEM:NODE:W1", nil), []string{"w1"}},
+		{"SANs in other case", certWith("", []string{"W1.Example"}), []string{"w1.example"}},
 		{"wildcard and empty SANs", certWith("", []string{"*.nodes.example", "", "w3"}), []string{"w3"}},
 	}
 	for _, tt := range tests {
@@ -61,7 +63,8 @@ func TestProvesNode(t *testing.T) {
 		{"empty name", agentA, "", false},
 		{"frontend client", fx.client.Leaf, "kube-apiserver", false},
 		{"nil cert", nil, "node-a", false},
-		{"CN is case-sensitive", certWith("system:node:w1", nil), "W1", false},
+		{"CN case-insensitive", certWith("system:node:w1", nil), "W1", true},
+		{"prefix in other case", certWith("System:Node:W1", nil), "w1", true},
 		{"CN", certWith("system:node:w1", nil), "w1", true},
 		{"wildcard SAN", certWith("", []string{"*.nodes"}), "a.nodes", false},
 		{"wildcard SAN literally", certWith("", []string{"*.nodes"}), "*.nodes", false},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
@@ -47,7 +48,7 @@ func SSHNodeNames(principals []string) []string {
 	var names []string
 	for _, p := range principals {
 		name := strings.ToLower(strings.TrimPrefix(p, NodePrefix))
-		if name != "" && !strings.ContainsAny(name, "*?") && !containsFold(names, name) {
+		if name != "" && !strings.ContainsAny(name, "*?") && !slices.Contains(names, name) {
 			names = append(names, name)
 		}
 	}

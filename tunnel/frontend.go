@@ -191,20 +191,24 @@ func writeStatus(w io.Writer, code int, reason string) {
 }
 
 // FrontendClientPolicy returns a tls.Config.VerifyConnection check for the
-// TCP frontend. It refuses certificates that prove a node identity — an
-// agent's key must not be able to open tunnels to other nodes — and, when
-// names is not empty, any client whose Subject CN is not in names.
+// TCP frontend. A client whose Subject CN is in names passes. Otherwise it
+// refuses every certificate that proves a node identity by the agent port's
+// own rule (certs.NodeNames) — an agent's key must not be able to open
+// tunnels to other nodes — and, when names is not empty, every other
+// client too.
 func FrontendClientPolicy(names []string) func(tls.ConnectionState) error {
 	return func(cs tls.ConnectionState) error {
 		if len(cs.PeerCertificates) == 0 {
 			return errors.New("tunnel: frontend requires a client certificate")
 		}
 		leaf := cs.PeerCertificates[0]
-		if nodes := certs.NodeNames(leaf); strings.HasPrefix(leaf.Subject.CommonName, certs.NodePrefix) {
-			return fmt.Errorf("tunnel: node certificate for %v may not use the frontend", nodes)
-		}
-		if len(names) > 0 && !slices.Contains(names, leaf.Subject.CommonName) {
-			return fmt.Errorf("tunnel: frontend client %q is not in the allowed names", leaf.Subject.CommonName)
+		switch cn := leaf.Subject.CommonName; {
+		case slices.Contains(names, cn):
+			return nil
+		case len(certs.NodeNames(leaf)) > 0:
+			return fmt.Errorf("tunnel: node certificate for %v may not use the frontend (name it in --frontend-allowed-names to allow it)", certs.NodeNames(leaf))
+		case len(names) > 0:
+			return fmt.Errorf("tunnel: frontend client %q is not in the allowed names", cn)
 		}
 		return nil
 	}

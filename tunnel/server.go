@@ -166,13 +166,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.ID == "" {
 		cfg.ID = randomID()
 	}
-	t := cfg.AgentTLS.Clone()
-	t.MinVersion = tls.VersionTLS13
-	t.ClientAuth = tls.RequireAndVerifyClientCert
 	s := &Server{
 		cfg:      cfg,
 		log:      logger(cfg.Logger),
-		agentTLS: t,
+		agentTLS: strictAgentTLS(cfg.AgentTLS),
 		routes:   newRoutes(),
 		open:     make(map[any]func() error),
 		window:   cfg.streamWindow(),

@@ -184,9 +184,9 @@ func acceptTLS(ctx context.Context, raw net.Conn, cfg *tls.Config, pingTimeout t
 	if err := conn.HandshakeContext(ctx); err != nil {
 		return nil, fmt.Errorf("tls handshake: %w", err)
 	}
-	pc := conn.ConnectionState().PeerCertificates
-	if len(pc) == 0 {
-		return nil, errors.New("tls handshake: no client certificate")
+	leaf, err := verifiedLeaf(conn.ConnectionState())
+	if err != nil {
+		return nil, err
 	}
 	ycfg := sessionConfig(pingTimeout)
 	ycfg.AcceptBacklog = serverAcceptBacklog
@@ -195,5 +195,42 @@ func acceptTLS(ctx context.Context, raw net.Conn, cfg *tls.Config, pingTimeout t
 	if err != nil {
 		return nil, err
 	}
-	return &yamuxSession{s: s, raw: raw, peer: identityFromCert(pc[0])}, nil
+	return &yamuxSession{s: s, raw: raw, peer: identityFromCert(leaf)}, nil
+}
+
+// strictAgentTLS returns a copy of cfg that forces what the agent port
+// promises: TLS 1.3 and a client certificate verified against ClientCAs,
+// also in every configuration GetConfigForClient returns.
+func strictAgentTLS(cfg *tls.Config) *tls.Config {
+	t := cfg.Clone()
+	t.MinVersion = tls.VersionTLS13
+	t.ClientAuth = tls.RequireAndVerifyClientCert
+	if get := cfg.GetConfigForClient; get != nil {
+		t.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			c, err := get(hello)
+			if c == nil || err != nil {
+				return c, err
+			}
+			c = c.Clone()
+			c.MinVersion = tls.VersionTLS13
+			c.ClientAuth = tls.RequireAndVerifyClientCert
+			return c, nil
+		}
+	}
+	return t
+}
+
+// verifiedLeaf returns the agent's certificate from a finished handshake,
+// and only if crypto/tls verified its chain: identity is read from nothing
+// else, whatever the TLS configuration said (strictAgentTLS).
+func verifiedLeaf(cs tls.ConnectionState) (*x509.Certificate, error) {
+	switch {
+	case cs.Version != tls.VersionTLS13:
+		return nil, errors.New("tls handshake: not TLS 1.3")
+	case len(cs.PeerCertificates) == 0:
+		return nil, errors.New("tls handshake: no client certificate")
+	case len(cs.VerifiedChains) == 0:
+		return nil, errors.New("tls handshake: client certificate not verified against the agent CA")
+	}
+	return cs.VerifiedChains[0][0], nil
 }
