@@ -19,6 +19,12 @@
 // Every byte the tools move is verified this way: a mismatch is an error,
 // never a figure.
 //
+// The package also holds the probe (ProbeServer, ProbeAgent): a plain
+// three-hop relay with one TLS 1.3 connection per tunnel and no
+// multiplexer, behind the same CONNECT request as the tunnel — the least an
+// encrypted tunnel can cost on the machine, which tunnel-bench measures
+// beside the tunnel and the direct path (DESIGN.md section 5).
+//
 // Pattern streams repeat a pseudorandom block whose length (Period) is odd,
 // so that no power-of-two buffer divides it: a chunk that is lost, repeated
 // or reordered anywhere in a stream shows up as a mismatch, while checking

@@ -29,6 +29,7 @@ func (b *bench) runTests(ctx context.Context) error {
 	tests := map[string]func(context.Context) error{
 		testThroughput: b.runThroughput,
 		testLatency:    b.runLatency,
+		testPinned:     b.runPinned,
 		testDialRate:   b.runDialRate,
 		testIdle:       b.runIdle,
 		testSlowReader: b.runSlowReader,
@@ -63,9 +64,9 @@ func contains(xs []string, x string) bool {
 	return false
 }
 
-// preflight opens one tunnel and one direct connection and checks an echo
-// on each, so that an unreachable frontend, target or agent is reported
-// before any test, with what was tried.
+// preflight opens one tunnel, one direct connection and one through the
+// probe and checks an echo on each, so that an unreachable frontend,
+// target or agent is reported before any test, with what was tried.
 func (b *bench) preflight(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, preflightTimeout)
 	defer cancel()
@@ -73,6 +74,13 @@ func (b *bench) preflight(ctx context.Context) error {
 		c, err := openEcho(ctx, b.env.direct, 0)
 		if err != nil {
 			return fmt.Errorf("the target %s does not answer directly (--direct=false skips the baseline): %w", b.env.target, err)
+		}
+		c.Close()
+	}
+	if b.env.probe != nil {
+		c, err := openEcho(ctx, b.env.probe, 0)
+		if err != nil {
+			return fmt.Errorf("no tunnel through the probe to %s: %w", b.env.dest, err)
 		}
 		c.Close()
 	}

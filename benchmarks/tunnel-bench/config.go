@@ -14,18 +14,19 @@ import (
 const (
 	testThroughput = "throughput"
 	testLatency    = "latency"
+	testPinned     = "pinned"
 	testDialRate   = "dialrate"
 	testIdle       = "idle"
 	testSlowReader = "slowreader"
 	testFleet      = "fleet"
 )
 
-var allTests = []string{testThroughput, testLatency, testDialRate, testIdle, testSlowReader, testFleet}
+var allTests = []string{testThroughput, testLatency, testPinned, testDialRate, testIdle, testSlowReader, testFleet}
 
 // defaultTests run unless --tests or arguments say otherwise; the fleet
 // test joins them with --local (which has the CA to issue agent
 // certificates) or when --fleet or --fleet-server is given.
-var defaultTests = []string{testThroughput, testLatency, testDialRate, testIdle, testSlowReader}
+var defaultTests = []string{testThroughput, testLatency, testPinned, testDialRate, testIdle, testSlowReader}
 
 // config holds every flag. Flags bind one-to-one to fields.
 type config struct {
@@ -37,6 +38,8 @@ type config struct {
 	serverName                    string
 	target, targetListen, dest    string
 	direct                        bool
+	probe                         bool
+	pinCPU                        int
 	serverPID, agentPID           int
 	tests                         []string
 	duration                      time.Duration
@@ -65,6 +68,8 @@ func (c *config) bind(fs *pflag.FlagSet) {
 	fs.StringVar(&c.targetListen, "target-listen", "127.0.0.1:0", "where this process serves its own target when --target is not given")
 	fs.StringVar(&c.dest, "connect-to", "", "destination to CONNECT to, if not the target's address (e.g. NODE_NAME:PORT)")
 	fs.BoolVar(&c.direct, "direct", true, "measure the direct TCP baseline to the target (--direct=false when the target is unreachable without the tunnel)")
+	fs.BoolVar(&c.probe, "probe", true, "with --local: measure the probe beside the tunnel, a plain relay with one TLS 1.3 connection per tunnel and no multiplexer (--probe=false skips it)")
+	fs.IntVar(&c.pinCPU, "pin-cpu", 0, "the CPU the pinned test moves every process of the run to")
 	fs.IntVar(&c.serverPID, "server-pid", 0, "PID of tunnel-server, for memory and CPU figures (known in --local mode)")
 	fs.IntVar(&c.agentPID, "agent-pid", 0, "PID of the tunnel-agent serving the target, for memory and CPU figures (known in --local mode)")
 	fs.StringSliceVar(&c.tests, "tests", nil, "tests to run: "+strings.Join(allTests, ",")+" or all (default: all; fleet only with --local, --fleet or --fleet-server)")
@@ -122,7 +127,7 @@ func (c *config) selectTests(fs *pflag.FlagSet) error {
 }
 
 // validate reports the first flag that cannot work.
-func (c *config) validate() error {
+func (c *config) validate(fs *pflag.FlagSet) error {
 	switch {
 	case c.local && (c.uds != "" || c.frontend != "" || c.target != ""):
 		return errors.New("--local starts its own server and target: drop --uds, --frontend and --target")
@@ -132,6 +137,10 @@ func (c *config) validate() error {
 		return errors.New("--frontend needs --ca-file, --cert-file and --key-file")
 	case c.bin != "" && !c.local:
 		return errors.New("--bin only applies with --local")
+	case c.probe && !c.local && fs.Changed("probe"):
+		return errors.New("--probe needs --local, which starts the probe's relays beside the tunnel")
+	case c.pinCPU < 0 || c.pinCPU >= maxPinCPU:
+		return fmt.Errorf("--pin-cpu must be a CPU number from 0 to %d, not %d", maxPinCPU-1, c.pinCPU)
 	case c.duration <= 0:
 		return fmt.Errorf("--duration must be positive, not %s", c.duration)
 	case c.repeat < 1:

@@ -12,11 +12,12 @@ import (
 	"github.com/tunnel-project/tunnel/benchmarks"
 )
 
-// env is what the tests run against: the tunnel, the direct baseline and
-// the processes whose memory and CPU are measured.
+// env is what the tests run against: the tunnel, the direct baseline, the
+// probe and the processes whose memory and CPU are measured.
 type env struct {
 	tunnel benchmarks.Dialer
 	direct benchmarks.Dialer // nil with --direct=false
+	probe  benchmarks.Dialer // nil unless --local with --probe
 	target string            // the target's address (the direct dial)
 	dest   string            // what CONNECT asks for
 	local  *localRun         // --local only
@@ -26,8 +27,9 @@ type env struct {
 
 // proc is a process whose resources a test reads.
 type proc struct {
-	name string
-	pid  int
+	name    string
+	pid     int
+	metrics string // host:port of its /metrics, if known
 }
 
 // setupEnv starts (--local) or locates the tunnel and the target.
@@ -40,11 +42,14 @@ func setupEnv(ctx context.Context, c *config, say func(string, ...any)) (_ *env,
 	}()
 	switch {
 	case c.local:
-		if e.local, err = startLocal(ctx, c.bin, say); err != nil {
+		if e.local, err = startLocal(ctx, c.bin, c.probe, say); err != nil {
 			return nil, err
 		}
 		e.target = e.local.targetAdr
 		e.tunnel = benchmarks.ConnectDialer{Network: "unix", Addr: e.local.sock}
+		if e.local.probe != nil {
+			e.probe = benchmarks.ConnectDialer{Network: "unix", Addr: e.local.probe.sock}
+		}
 	case c.target != "":
 		e.target = c.target
 	default:
@@ -62,6 +67,9 @@ func setupEnv(ctx context.Context, c *config, say func(string, ...any)) (_ *env,
 		}
 	}
 	e.tunnel = withDest(e.tunnel, e.dest)
+	if e.probe != nil {
+		e.probe = withDest(e.probe, e.dest)
+	}
 	if c.direct {
 		e.direct = benchmarks.DirectDialer{Addr: e.target}
 	}
@@ -119,15 +127,40 @@ func frontendDialer(c *config) (benchmarks.Dialer, error) {
 // procs returns the server and agent processes, those that are known.
 func (e *env) procs() []proc {
 	var ps []proc
-	server, agent := e.cfg.serverPID, e.cfg.agentPID
+	server, agent := proc{"server", e.cfg.serverPID, ""}, proc{"agent", e.cfg.agentPID, ""}
+	if l := e.local; l != nil {
+		server = proc{"server", l.server.pid(), l.serverAdmin}
+		agent = proc{"agent", l.agent.pid(), l.agentAdmin}
+	}
+	if server.pid > 0 {
+		ps = append(ps, server)
+	}
+	if agent.pid > 0 {
+		ps = append(ps, agent)
+	}
+	return ps
+}
+
+// probeProcs returns the probe's server and agent processes, or none
+// without the probe.
+func (e *env) probeProcs() []proc {
+	if e.local == nil || e.local.probe == nil {
+		return nil
+	}
+	p := e.local.probe
+	return []proc{{"server", p.server.pid(), p.serverMetrics}, {"agent", p.agent.pid(), p.agentMetrics}}
+}
+
+// allProcs returns every process of the run that this tool knows besides
+// itself: the tunnel's, the probe's and the target.
+func (e *env) allProcs() []proc {
+	ps := e.procs()
+	for _, p := range e.probeProcs() {
+		p.name = "probe " + p.name
+		ps = append(ps, p)
+	}
 	if e.local != nil {
-		server, agent = e.local.server.pid(), e.local.agent.pid()
-	}
-	if server > 0 {
-		ps = append(ps, proc{"server", server})
-	}
-	if agent > 0 {
-		ps = append(ps, proc{"agent", agent})
+		ps = append(ps, proc{name: "target", pid: e.local.target.pid()})
 	}
 	return ps
 }
@@ -137,9 +170,12 @@ func (e *env) procs() []proc {
 func (e *env) measurable() bool { return len(e.procs()) == 2 }
 
 // cpu returns the CPU seconds the server and agent have used.
-func (e *env) cpu() (float64, error) {
+func (e *env) cpu() (float64, error) { return cpuOf(e.procs()) }
+
+// cpuOf returns the CPU seconds the processes ps have used together.
+func cpuOf(ps []proc) (float64, error) {
 	var sum float64
-	for _, p := range e.procs() {
+	for _, p := range ps {
 		s, err := cpuSeconds(p.pid)
 		if err != nil {
 			return 0, fmt.Errorf("%s: %w", p.name, err)
@@ -149,15 +185,35 @@ func (e *env) cpu() (float64, error) {
 	return sum, nil
 }
 
-// rss returns each process's resident memory in KiB, by name.
-func (e *env) rss() (map[string]float64, error) {
+// rss returns the server's and agent's resident memory in KiB, by name.
+func (e *env) rss() (map[string]float64, error) { return rssOf(e.procs()) }
+
+// rssOf returns each process's resident memory in KiB, by name.
+func rssOf(ps []proc) (map[string]float64, error) {
 	m := make(map[string]float64)
-	for _, p := range e.procs() {
+	for _, p := range ps {
 		kib, err := rssKiB(p.pid)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", p.name, err)
 		}
 		m[p.name] = kib
+	}
+	return m, nil
+}
+
+// goroutinesOf reads each process's goroutine count from its /metrics,
+// by name; processes without a known /metrics are left out.
+func goroutinesOf(ctx context.Context, ps []proc) (map[string]float64, error) {
+	m := make(map[string]float64)
+	for _, p := range ps {
+		if p.metrics == "" {
+			continue
+		}
+		n, err := scrape(ctx, p.metrics, metricGoroutines)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", p.name, err)
+		}
+		m[p.name] = n
 	}
 	return m, nil
 }
@@ -170,6 +226,15 @@ func (e *env) fresh(ctx context.Context, say func(string, ...any)) error {
 	}
 	say("restarting tunnel-server and tunnel-agent for a clean memory baseline")
 	return e.local.restart(ctx)
+}
+
+// freshProbe restarts the probe's processes, as fresh does the tunnel's.
+func (e *env) freshProbe(ctx context.Context, say func(string, ...any)) error {
+	if e.local == nil || e.local.probe == nil {
+		return nil
+	}
+	say("restarting the probe server and probe agent for a clean memory baseline")
+	return e.local.restartProbe(ctx)
 }
 
 // explain turns a test's error into one naming the cause: a local process

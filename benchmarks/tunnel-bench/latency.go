@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 
 	"github.com/tunnel-project/tunnel/benchmarks"
 )
@@ -16,24 +17,29 @@ const (
 
 // runLatency measures 64-byte round trips on one connection per path.
 func (b *bench) runLatency(ctx context.Context) error {
-	var direct, tunnel []percentiles
-	for r := range b.cfg.repeat {
-		if b.env.direct != nil {
-			p, err := b.rtts(ctx, b.env.direct)
-			if err != nil {
-				return fmt.Errorf("direct: %w", err)
-			}
-			direct = append(direct, p)
-		}
-		p, err := b.rtts(ctx, b.env.tunnel)
-		if err != nil {
-			return fmt.Errorf("tunnel: %w", err)
-		}
-		tunnel = append(tunnel, p)
-		b.say("latency run %d/%d: %s", r+1, b.cfg.repeat, rttLine(direct, tunnel))
+	rs, err := b.rttRuns(ctx, testLatency)
+	if err != nil {
+		return err
 	}
-	b.addRTT(testLatency, "64 B round trip", direct, tunnel, goalRTT)
+	b.addRTT(testLatency, "64 B round trip", rs[pathDirect], rs[pathProbe], rs[pathTunnel], goalRTT)
 	return nil
+}
+
+// rttRuns measures round trips on every path, --repeat times, the paths
+// alternating, and returns them by path name.
+func (b *bench) rttRuns(ctx context.Context, test string) (map[string][]percentiles, error) {
+	rs := make(map[string][]percentiles)
+	for r := range b.cfg.repeat {
+		for _, p := range b.env.paths() {
+			pc, err := b.rtts(ctx, p.d)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", p.name, err)
+			}
+			rs[p.name] = append(rs[p.name], pc)
+		}
+		b.say("%s run %d/%d: %s", test, r+1, b.cfg.repeat, rttLine(rs))
+	}
+	return rs, nil
 }
 
 // rtts opens an echo connection on d and measures round trips on it.
@@ -55,9 +61,10 @@ func rttsOn(c net.Conn, cfg *config) (percentiles, error) {
 	return percentilesOf(s), nil
 }
 
-// addRTT adds the p50, p90 and p99 figures of round trips; p50 and p99
-// carry the bound maxRatio on their ratio to the baseline.
-func (b *bench) addRTT(test, what string, base, tunnel []percentiles, maxRatio float64) {
+// addRTT adds the p50, p90 and p99 figures of round trips, beside the
+// baseline and the probe (nil when it did not run); p50 and p99 carry the
+// bound maxRatio on their ratio to the baseline, unless it is 0.
+func (b *bench) addRTT(test, what string, base, probe, tunnel []percentiles, maxRatio float64) {
 	for _, q := range []struct {
 		name   string
 		get    func(percentiles) float64
@@ -68,10 +75,10 @@ func (b *bench) addRTT(test, what string, base, tunnel []percentiles, maxRatio f
 		{"p99", func(p percentiles) float64 { return micros(p.P99) }, true},
 	} {
 		var g *goal
-		if q.bounds {
+		if q.bounds && maxRatio > 0 {
 			g = atMostRatio(maxRatio)
 		}
-		f := newFigure(test, what+" "+q.name, unitMicros, pick(base, q.get), pick(tunnel, q.get), g)
+		f := newFigure(test, what+" "+q.name, unitMicros, pick(base, q.get), pick(tunnel, q.get), g).withProbe(pick(probe, q.get))
 		f.Extra = map[string]float64{"roundTrips": float64(count(tunnel))}
 		b.add(f)
 	}
@@ -93,37 +100,34 @@ func count(ps []percentiles) int {
 	return n
 }
 
-// rttLine formats the latest round-trip figures for a progress line.
-func rttLine(base, tunnel []percentiles) string {
-	t := tunnel[len(tunnel)-1]
-	s := fmt.Sprintf("tunnel p50 %.1f µs p99 %.1f µs", micros(t.P50), micros(t.P99))
-	if len(base) > 0 {
-		d := base[len(base)-1]
-		s = fmt.Sprintf("direct p50 %.1f µs p99 %.1f µs, %s", micros(d.P50), micros(d.P99), s)
+// rttLine formats the latest round-trip figures of each path for a
+// progress line.
+func rttLine(rs map[string][]percentiles) string {
+	var parts []string
+	for _, name := range []string{pathDirect, pathProbe, pathTunnel} {
+		if ps := rs[name]; len(ps) > 0 {
+			p := ps[len(ps)-1]
+			parts = append(parts, fmt.Sprintf("%s p50 %.1f µs p99 %.1f µs", name, micros(p.P50), micros(p.P99)))
+		}
 	}
-	return s
+	return strings.Join(parts, ", ")
 }
 
 // runDialRate measures whole short tunnels a second: CONNECT (or a TCP
 // dial), one 64-byte echo, close, from concurrent dialers.
 func (b *bench) runDialRate(ctx context.Context) error {
-	var direct, tunnel []float64
+	rs := runs{}
 	for r := range b.cfg.repeat {
-		if b.env.direct != nil {
-			rate, _, err := measureDialRate(ctx, b.env.direct, b.cfg.concurrency, b.cfg.duration)
+		for _, p := range b.env.paths() {
+			rate, _, err := measureDialRate(ctx, p.d, b.cfg.concurrency, b.cfg.duration)
 			if err != nil {
-				return fmt.Errorf("direct: %w", err)
+				return fmt.Errorf("%s: %w", p.name, err)
 			}
-			direct = append(direct, rate)
+			rs[p.name] = append(rs[p.name], rate)
 		}
-		rate, _, err := measureDialRate(ctx, b.env.tunnel, b.cfg.concurrency, b.cfg.duration)
-		if err != nil {
-			return fmt.Errorf("tunnel: %w", err)
-		}
-		tunnel = append(tunnel, rate)
-		b.say("dialrate run %d/%d: %s", r+1, b.cfg.repeat, pair(direct, tunnel, unitPerSecond))
+		b.say("dialrate run %d/%d: %s", r+1, b.cfg.repeat, rs.line(unitPerSecond))
 	}
 	cas := fmt.Sprintf("dial + 64 B echo + close, %d dialers", b.cfg.concurrency)
-	b.add(newFigure(testDialRate, cas, unitPerSecond, direct, tunnel, atLeastRatio(goalDialRate)))
+	b.add(rs.figure(testDialRate, cas, unitPerSecond, atLeastRatio(goalDialRate)))
 	return nil
 }

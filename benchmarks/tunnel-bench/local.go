@@ -38,6 +38,7 @@ var (
 	agentListenLine = regexp.MustCompile(`msg="?listening"? .*\blistener=agent\b.*\baddr=(\S+)`)
 	udsListenLine   = regexp.MustCompile(`msg="?listening"? .*\blistener=uds\b`)
 	agentReadyLine  = regexp.MustCompile(`msg="?registered"?`)
+	adminListenLine = regexp.MustCompile(`msg="?listening"? .*\blistener=admin\b.*\baddr=(\S+)`)
 	targetLine      = regexp.MustCompile(`^listening addr=(\S+)`)
 )
 
@@ -52,11 +53,15 @@ type localRun struct {
 	server    *child
 	agent     *child
 	agentAddr string // the server's agent port
+	// serverAdmin and agentAdmin are the admin listeners, for /metrics.
+	serverAdmin, agentAdmin string
+	probe                   *probeRun // nil with --probe=false
 }
 
 // startLocal builds (unless bin is given), generates certificates and
-// starts the target, the server and the agent.
-func startLocal(ctx context.Context, bin string, say func(string, ...any)) (_ *localRun, err error) {
+// starts the target, the server and the agent, and with probe the probe's
+// two processes.
+func startLocal(ctx context.Context, bin string, probe bool, say func(string, ...any)) (_ *localRun, err error) {
 	dir, err := os.MkdirTemp("", "tunnel-bench-")
 	if err != nil {
 		return nil, err
@@ -78,6 +83,11 @@ func startLocal(ctx context.Context, bin string, say func(string, ...any)) (_ *l
 	}
 	if err := l.startTarget(ctx); err != nil {
 		return nil, err
+	}
+	if probe {
+		if err := l.startProbe(ctx); err != nil {
+			return nil, err
+		}
 	}
 	return l, l.startTunnel(ctx)
 }
@@ -171,26 +181,41 @@ func (l *localRun) startTunnel(ctx context.Context) (err error) {
 	if _, err := l.server.waitLine(ctx, udsListenLine); err != nil {
 		return err
 	}
+	if l.serverAdmin, err = adminAddr(ctx, l.server); err != nil {
+		return err
+	}
 	if l.agent, err = startChild("tunnel-agent", filepath.Join(l.bin, "tunnel-agent"), append(benchFlags[:len(benchFlags):len(benchFlags)],
 		"--server-address", l.agentAddr, "--server-name", "localhost", "--ca-file", l.file("ca.crt"),
 		"--tls-cert-file", l.file("agent-"+localNode+".crt"), "--tls-private-key-file", l.file("agent-"+localNode+".key"),
 		"--node-name", localNode, "--node-ip", localNodeIP, "--log-level", "info")...); err != nil {
 		return err
 	}
+	if l.agentAdmin, err = adminAddr(ctx, l.agent); err != nil {
+		return err
+	}
 	_, err = l.agent.waitLine(ctx, agentReadyLine)
 	return err
 }
 
-// benchFlags go to both binaries: no admin listener (its fixed default
-// port would clash between runs, and the benchmark does not use it), and a
-// short drain, so that restarts between tests do not wait for tunnels a
-// test left closing.
+// adminAddr waits for c's admin listener and returns its address.
+func adminAddr(ctx context.Context, c *child) (string, error) {
+	m, err := c.waitLine(ctx, adminListenLine)
+	if err != nil {
+		return "", err
+	}
+	return unquote(m[1])
+}
+
+// benchFlags go to both binaries: the admin listener on a port of its own
+// (its fixed default port would clash between runs), where the idle test
+// reads go_goroutines, and a short drain, so that restarts between tests
+// do not wait for tunnels a test left closing.
 //
 // The server's own flags above lift its limits (README "Limits") so that
 // --idle tunnels through the one agent and --fleet agents measure the
 // tunnel, not the bounds; the stream window stays at its default 1 MiB
 // (64 GiB / 65,536 streams).
-var benchFlags = []string{"--admin-listen-address=", "--drain-timeout=100ms"}
+var benchFlags = []string{"--admin-listen-address=127.0.0.1:0", "--drain-timeout=100ms"}
 
 func unquote(s string) (string, error) {
 	if !strings.HasPrefix(s, `"`) {
@@ -210,9 +235,13 @@ func (l *localRun) restart(ctx context.Context) error {
 	return l.startTunnel(ctx)
 }
 
-// alive reports an error if the server or agent has exited.
+// alive reports an error if a process of the run has exited.
 func (l *localRun) alive() error {
-	for _, c := range []*child{l.server, l.agent, l.target} {
+	cs := []*child{l.server, l.agent, l.target}
+	if l.probe != nil {
+		cs = append(cs, l.probe.server, l.probe.agent)
+	}
+	for _, c := range cs {
 		if c == nil {
 			continue
 		}
@@ -236,7 +265,7 @@ func (l *localRun) stopTunnel() error {
 
 // close stops everything and removes the temporary directory.
 func (l *localRun) close() error {
-	err := l.stopTunnel()
+	err := errors.Join(l.stopTunnel(), l.stopProbe())
 	if l.target != nil {
 		err = errors.Join(err, l.target.stop())
 	}

@@ -1,5 +1,7 @@
 // Command tunnel-bench measures a tunnel-server and its agents against a
-// direct TCP connection to the same target, in the same run.
+// direct TCP connection to the same target, in the same run, and with
+// --local also against the probe: a plain relay with one TLS 1.3
+// connection per tunnel and no multiplexer (benchmarks.ProbeServer).
 package main
 
 import (
@@ -33,8 +35,8 @@ func main() {
 // run is the whole tool; it returns the exit status.
 func run(args []string, stdout, stderr io.Writer) int {
 	var err error
-	if len(args) > 0 && args[0] == "target" {
-		err = runTarget(args[1:], stdout)
+	if sub, ok := subcommands[firstArg(args)]; ok {
+		err = sub(args[1:], stdout)
 	} else {
 		err = runBench(args, stdout, stderr)
 	}
@@ -51,6 +53,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: %v\n", prog, err)
 		return 1
 	}
+}
+
+// subcommands are the processes --local starts from this very binary
+// besides tunnel-server and tunnel-agent: the target and the probe's two
+// relays.
+var subcommands = map[string]func(args []string, stdout io.Writer) error{
+	"target":       runTarget,
+	"probe-server": runProbeServer,
+	"probe-agent":  runProbeAgent,
+}
+
+func firstArg(args []string) string {
+	if len(args) == 0 {
+		return ""
+	}
+	return args[0]
 }
 
 // parseFlags parses args quietly: a mistake becomes the one-line
@@ -99,7 +117,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	if err := c.selectTests(fs); err != nil {
 		return usageError{err}
 	}
-	if err := c.validate(); err != nil {
+	if err := c.validate(fs); err != nil {
 		return usageError{err}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -135,7 +153,7 @@ func (b *bench) write(ctx context.Context, nofile uint64) error {
 		Machine: describeMachine(ctx, root), Tests: c.tests, Figures: b.figs,
 		Settings: settings{
 			Mode: b.env.mode(), Frontend: b.env.frontend(), Target: b.env.target, Dest: b.env.dest,
-			Direct: c.direct, DurationSec: c.duration.Seconds(), Repeat: c.repeat, Streams: c.streams,
+			Direct: c.direct, Probe: b.env.probe != nil, PinCPU: c.pinCPU, DurationSec: c.duration.Seconds(), Repeat: c.repeat, Streams: c.streams,
 			Concurrency: c.concurrency, Idle: c.idle, Fleet: c.fleet, Quick: c.quick, Seed: c.seed,
 			NoFile: nofile, ServerPID: c.serverPID, AgentPID: c.agentPID,
 		},

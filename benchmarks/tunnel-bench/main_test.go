@@ -7,15 +7,16 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 )
 
 // TestMain lets the test binary stand in for the tool when --local starts
-// "tunnel-bench target" from os.Executable.
+// "tunnel-bench target" or the probe's processes from os.Executable.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == "target" {
+	if _, ok := subcommands[firstArg(os.Args[1:])]; ok {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())
@@ -54,14 +55,15 @@ func readReport(t *testing.T, file string) report {
 	return r
 }
 
-// checkReport wants figures of every test, all of them nonzero, ratios
-// wherever there is a baseline, and the machine described.
+// checkReport wants figures of every test, all of them nonzero (but a
+// count of goroutines, which may be 0), ratios wherever there is a
+// baseline, and the machine described.
 func checkReport(t *testing.T, r report, tests []string) {
 	t.Helper()
 	seen := map[string]int{}
 	for _, f := range r.Figures {
 		seen[f.Test]++
-		if f.Tunnel <= 0 || f.Unit == "" {
+		if (f.Tunnel <= 0 && f.Unit != unitGoroutine) || f.Unit == "" {
 			t.Errorf("%s %q: figure %v %q", f.Test, f.Case, f.Tunnel, f.Unit)
 		}
 		if f.Direct > 0 && f.Ratio <= 0 {
@@ -73,13 +75,45 @@ func checkReport(t *testing.T, r report, tests []string) {
 			t.Errorf("no figures of the %s test", name)
 		}
 	}
-	for _, name := range []string{testThroughput, testLatency, testDialRate} {
+	withRatios := []string{testThroughput, testLatency, testDialRate}
+	if runtime.GOOS == "linux" { // elsewhere the pinned test is skipped
+		withRatios = append(withRatios, testPinned)
+	}
+	for _, name := range withRatios {
 		if ratios(r, name) == 0 {
 			t.Errorf("%s: no figure with a direct baseline", name)
 		}
 	}
+	checkProbe(t, r)
 	if r.Machine.NumCPU == 0 || r.Machine.GoVersion == "" || r.Settings.Mode != "local" {
 		t.Errorf("machine or settings missing: %+v %+v", r.Machine, r.Settings)
+	}
+}
+
+// checkProbe wants the probe beside the tunnel in every test that
+// measures one, and the figures only --local has.
+func checkProbe(t *testing.T, r report) {
+	t.Helper()
+	probes := map[string]int{}
+	cases := map[string]bool{}
+	for _, f := range r.Figures {
+		if f.Probe > 0 {
+			probes[f.Test]++
+		}
+		if f.Probe > 0 && f.Tunnel > 0 && f.ProbeRatio <= 0 {
+			t.Errorf("%s %q: probe %v but no ratio", f.Test, f.Case, f.Probe)
+		}
+		cases[f.Unit] = true
+	}
+	for _, name := range []string{testThroughput, testLatency, testDialRate, testIdle} {
+		if probes[name] == 0 {
+			t.Errorf("%s: no figure with the probe beside the tunnel", name)
+		}
+	}
+	for _, unit := range []string{unitCPUPerGB, unitKiB, unitGoroutine} {
+		if !cases[unit] {
+			t.Errorf("no figure in %s", unit)
+		}
 	}
 }
 
@@ -131,6 +165,9 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--frontend", "127.0.0.1:8131"}, "--ca-file"},
 		{[]string{"--uds", "/tmp/x.sock", "--tests", "fleet"}, "--fleet-server"},
 		{[]string{"--uds", "/tmp/x.sock", "--bin", "/tmp"}, "--bin"},
+		{[]string{"--uds", "/tmp/x.sock", "--probe"}, "--probe"},
+		{[]string{"--local", "--pin-cpu", "-1"}, "--pin-cpu"},
+		{[]string{"probe-server", "--agent", "127.0.0.1:1"}, "--listen"},
 		{[]string{"target", "--listen"}, "--listen"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

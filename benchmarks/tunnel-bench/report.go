@@ -20,6 +20,7 @@ const (
 	unitKiBAgent  = "KiB/agent"
 	unitCPUPerGB  = "CPU-s/GB"
 	unitMillis    = "ms"
+	unitGoroutine = "goroutines/tunnel"
 )
 
 // goal is a target of issue 3: a bound on the ratio (or, for figures
@@ -54,7 +55,9 @@ func trim(v float64) string {
 }
 
 // figure is one row of the results: a case measured through the tunnel
-// and, where it has one, on its baseline.
+// and, where it has them, on its baseline and on the probe (a plain relay
+// with one TLS 1.3 connection per tunnel and no multiplexer: the least an
+// encrypted tunnel costs here).
 type figure struct {
 	Test string `json:"test"`
 	Case string `json:"case"`
@@ -66,8 +69,13 @@ type figure struct {
 	Ratio    float64 `json:"ratio,omitempty"`  // Tunnel / Direct
 	Goal     *goal   `json:"target,omitempty"`
 	Met      *bool   `json:"met,omitempty"`
-	// DirectRuns and TunnelRuns are the figures of every repeat.
+	// Probe is the probe's median, 0 when it did not run; ProbeRatio is
+	// Tunnel / Probe.
+	Probe      float64 `json:"probe,omitempty"`
+	ProbeRatio float64 `json:"probeRatio,omitempty"`
+	// DirectRuns, ProbeRuns and TunnelRuns are the figures of every repeat.
 	DirectRuns []float64 `json:"directRuns,omitempty"`
+	ProbeRuns  []float64 `json:"probeRuns,omitempty"`
 	TunnelRuns []float64 `json:"tunnelRuns,omitempty"`
 	// Extra holds details that do not fit the columns (counts, per-process
 	// memory).
@@ -96,6 +104,19 @@ func newFigure(test, cas, unit string, direct, tunnel []float64, g *goal) figure
 	return f
 }
 
+// withProbe adds the probe's runs as a second baseline; the goal stays
+// on the ratio to the first.
+func (f figure) withProbe(probe []float64) figure {
+	if len(probe) == 0 {
+		return f
+	}
+	f.ProbeRuns, f.Probe = probe, median(probe)
+	if f.Probe > 0 {
+		f.ProbeRatio = f.Tunnel / f.Probe
+	}
+	return f
+}
+
 // report is everything a run found, as --json writes it.
 type report struct {
 	Tool     string    `json:"tool"`
@@ -114,6 +135,8 @@ type settings struct {
 	Target      string  `json:"target"`
 	Dest        string  `json:"connectTo"`
 	Direct      bool    `json:"direct"`
+	Probe       bool    `json:"probe"`
+	PinCPU      int     `json:"pinCPU"`
 	DurationSec float64 `json:"durationSeconds"`
 	Repeat      int     `json:"repeat"`
 	Streams     int     `json:"streams"`
@@ -130,22 +153,32 @@ type settings struct {
 // printTable writes the figures as an aligned table.
 func printTable(w io.Writer, figs []figure) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "test\tcase\tdirect\ttunnel\tratio\ttarget\tmet")
+	fmt.Fprintln(tw, "test\tcase\tdirect\tprobe\ttunnel\ttunnel/direct\ttunnel/probe\ttarget\tmet")
 	for _, f := range figs {
-		direct, ratio := "-", "-"
-		if f.Direct > 0 {
-			direct = formatValue(f.Direct, f.Unit)
-		}
-		if f.Ratio > 0 {
-			ratio = fmt.Sprintf("%.2f×", f.Ratio)
-		}
 		met := ""
 		if f.Met != nil {
 			met = map[bool]string{true: "yes", false: "NO"}[*f.Met]
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Test, f.Case, direct, formatValue(f.Tunnel, f.Unit), ratio, f.Goal.text(f.Unit), met)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Test, f.Case,
+			orDash(f.Direct, f.Unit), orDash(f.Probe, f.Unit), formatValue(f.Tunnel, f.Unit),
+			ratioText(f.Ratio), ratioText(f.ProbeRatio), f.Goal.text(f.Unit), met)
 	}
 	tw.Flush()
+}
+
+// orDash is formatValue, or "-" for a baseline that was not measured.
+func orDash(v float64, unit string) string {
+	if v <= 0 {
+		return "-"
+	}
+	return formatValue(v, unit)
+}
+
+func ratioText(r float64) string {
+	if r <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f×", r)
 }
 
 // formatValue prints v with three significant digits or so, and its unit.

@@ -49,7 +49,7 @@ func (b *bench) runSlowReader(ctx context.Context) error {
 			r+1, b.cfg.repeat, micros(pb.P50), micros(pb.P99), micros(pd.P50), micros(pd.P99), stallDials)
 	}
 	n := len(b.figs)
-	b.addRTT(testSlowReader, "64 B round trip beside a stalled tunnel", before, during, goalSlowReader)
+	b.addRTT(testSlowReader, "64 B round trip beside a stalled tunnel", before, nil, during, goalSlowReader)
 	f := newFigure(testSlowReader, fmt.Sprintf("new tunnel + echo beside a stalled tunnel (%d)", stallDials), unitMillis, dialsBefore, dialsDuring, nil)
 	b.add(f)
 	for i := n; i < len(b.figs); i++ {

@@ -11,11 +11,12 @@ import (
 // The chart: one horizontal bar per figure that has a ratio, on a log
 // scale around 1× (the baseline), green where issue 3's target is met, red
 // where it is not, grey where there is none; a black tick marks the
-// target.
+// target. Below each, a blue bar is the tunnel's ratio to the probe, where
+// the probe ran.
 
 const (
-	svgWidth  = 960
-	svgLabelW = 390 // left column of case names
+	svgWidth  = 1100
+	svgLabelW = 530 // left column of case names
 	svgPlotW  = 480
 	svgRowH   = 22
 	svgTop    = 56
@@ -33,13 +34,34 @@ func writeSVG(file string, r *report) error {
 	return nil
 }
 
-func renderSVG(r *report) []byte {
-	var rows []figure
-	for _, f := range r.Figures {
+// svgProbeColour is the bars of the ratios to the probe.
+const svgProbeColour = "#4a78c0"
+
+// bar is one row of the chart.
+type bar struct {
+	label  string
+	ratio  float64
+	colour string
+	goal   *goal // drawn as a tick where it bounds the ratio
+}
+
+// bars lists the rows: each figure's ratio to its baseline, then its
+// ratio to the probe.
+func bars(figs []figure) []bar {
+	var rows []bar
+	for _, f := range figs {
 		if f.Ratio > 0 {
-			rows = append(rows, f)
+			rows = append(rows, bar{f.Test + ": " + f.Case, f.Ratio, barColour(f), f.Goal})
+		}
+		if f.ProbeRatio > 0 {
+			rows = append(rows, bar{f.Test + ": " + f.Case + " ÷ probe", f.ProbeRatio, svgProbeColour, nil})
 		}
 	}
+	return rows
+}
+
+func renderSVG(r *report) []byte {
+	rows := bars(r.Figures)
 	lo, hi := ratioRange(rows)
 	x := func(v float64) float64 {
 		return svgLabelW + svgPlotW*(math.Log10(v)-math.Log10(lo))/(math.Log10(hi)-math.Log10(lo))
@@ -51,7 +73,7 @@ func renderSVG(r *report) []byte {
 	title := fmt.Sprintf("tunnel-bench: tunnel ÷ baseline (log scale; right is larger) — %s, %d CPUs, %s, %s",
 		r.Machine.CPUModel, r.Machine.NumCPU, r.Machine.GoVersion, r.Started.Format("2006-01-02 15:04"))
 	fmt.Fprintf(&b, `<text x="10" y="20" font-size="14" font-weight="bold">%s</text>`+"\n", esc(title))
-	fmt.Fprintf(&b, `<text x="10" y="38" fill="#555">green: issue 3's target met · red: not met · grey: no target · black tick: the target · commit %s</text>`+"\n", esc(short(r.Machine.Commit)))
+	fmt.Fprintf(&b, `<text x="10" y="38" fill="#555">green: issue 3's target met · red: not met · grey: no target · black tick: the target · blue: ÷ probe (TLS 1.3 relay, no multiplexer) · commit %s</text>`+"\n", esc(short(r.Machine.Commit)))
 	axisY := svgTop + len(rows)*svgRowH
 	for _, t := range svgTicks {
 		if t < lo || t > hi {
@@ -66,12 +88,12 @@ func renderSVG(r *report) []byte {
 	}
 	for i, f := range rows {
 		y := svgTop + i*svgRowH
-		fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="end">%s</text>`+"\n", svgLabelW-8, y+15, esc(f.Test+": "+f.Case))
-		x0, x1 := x(1), x(f.Ratio)
-		fmt.Fprintf(&b, `<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="%s"/>`+"\n", math.Min(x0, x1), y+4, math.Abs(x1-x0)+1, svgRowH-8, barColour(f))
-		fmt.Fprintf(&b, `<text x="%d" y="%d">%.2f×</text>`+"\n", svgLabelW+svgPlotW+8, y+15, f.Ratio)
-		if f.Goal != nil && f.Goal.OnRatio && f.Goal.Value >= lo && f.Goal.Value <= hi {
-			gx := x(f.Goal.Value)
+		fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="end">%s</text>`+"\n", svgLabelW-8, y+15, esc(f.label))
+		x0, x1 := x(1), x(f.ratio)
+		fmt.Fprintf(&b, `<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="%s"/>`+"\n", math.Min(x0, x1), y+4, math.Abs(x1-x0)+1, svgRowH-8, f.colour)
+		fmt.Fprintf(&b, `<text x="%d" y="%d">%.2f×</text>`+"\n", svgLabelW+svgPlotW+8, y+15, f.ratio)
+		if f.goal != nil && f.goal.OnRatio && f.goal.Value >= lo && f.goal.Value <= hi {
+			gx := x(f.goal.Value)
 			fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="black" stroke-width="2"/>`+"\n", gx, y+1, gx, y+svgRowH-1)
 		}
 	}
@@ -81,12 +103,12 @@ func renderSVG(r *report) []byte {
 
 // ratioRange is the axis: a decade-aligned span holding 1×, every ratio
 // and every target.
-func ratioRange(rows []figure) (lo, hi float64) {
+func ratioRange(rows []bar) (lo, hi float64) {
 	lo, hi = 0.1, 10
 	for _, f := range rows {
-		lo, hi = math.Min(lo, f.Ratio), math.Max(hi, f.Ratio)
-		if f.Goal != nil && f.Goal.OnRatio {
-			lo, hi = math.Min(lo, f.Goal.Value), math.Max(hi, f.Goal.Value)
+		lo, hi = math.Min(lo, f.ratio), math.Max(hi, f.ratio)
+		if f.goal != nil && f.goal.OnRatio {
+			lo, hi = math.Min(lo, f.goal.Value), math.Max(hi, f.goal.Value)
 		}
 	}
 	return math.Pow(10, math.Floor(math.Log10(lo))), math.Pow(10, math.Ceil(math.Log10(hi)))

@@ -31,48 +31,59 @@ func (tc throughputCase) String() string {
 	return fmt.Sprintf("%s, %d stream%s", dir, tc.streams, s)
 }
 
-// runThroughput measures each case on both paths, alternating them, and
-// the server's and agent's CPU over the tunnel runs.
+// runThroughput measures each case on every path, alternating them, and
+// the CPU the relays of the probe and of the tunnel use over their runs.
 func (b *bench) runThroughput(ctx context.Context) error {
 	cases := []throughputCase{{true, 1}, {false, 1}, {true, b.cfg.streams}, {false, b.cfg.streams}}
 	pat := benchmarks.NewPattern(b.cfg.seed)
-	var cpu, bytes float64
+	cpu, bytes := map[string]float64{}, map[string]float64{}
 	for _, tc := range cases {
-		var direct, tunnel []float64
+		rs := runs{}
 		for r := range b.cfg.repeat {
-			if b.env.direct != nil {
-				t, err := b.transfer(ctx, b.env.direct, pat, tc)
+			for _, p := range b.env.paths() {
+				t, sec, err := b.transferOn(ctx, p, pat, tc)
 				if err != nil {
-					return fmt.Errorf("%s, direct: %w", tc, err)
+					return fmt.Errorf("%s, %s: %w", tc, p.name, err)
 				}
-				direct = append(direct, t.mbps())
+				rs[p.name] = append(rs[p.name], t.mbps())
+				cpu[p.name], bytes[p.name] = cpu[p.name]+sec, bytes[p.name]+float64(t.bytes)
 			}
-			c0, err := b.env.cpu()
-			if err != nil {
-				return err
-			}
-			t, err := b.transfer(ctx, b.env.tunnel, pat, tc)
-			if err != nil {
-				return fmt.Errorf("%s, tunnel: %w", tc, err)
-			}
-			c1, err := b.env.cpu()
-			if err != nil {
-				return err
-			}
-			cpu, bytes = cpu+c1-c0, bytes+float64(t.bytes)
-			tunnel = append(tunnel, t.mbps())
-			b.say("throughput %s, run %d/%d: %s", tc, r+1, b.cfg.repeat, pair(direct, tunnel, unitMBps))
+			b.say("throughput %s, run %d/%d: %s", tc, r+1, b.cfg.repeat, rs.line(unitMBps))
 		}
-		b.add(newFigure(testThroughput, tc.String(), unitMBps, direct, tunnel, atLeastRatio(goalThroughput)))
+		b.add(rs.figure(testThroughput, tc.String(), unitMBps, atLeastRatio(goalThroughput)))
 	}
-	if b.env.measurable() {
-		f := newFigure(testThroughput, "CPU per GB, server + agent", unitCPUPerGB, nil, []float64{cpu / (bytes / 1e9)}, atMost(goalCPUPerGB))
-		f.Extra = map[string]float64{"cpuSeconds": cpu, "bytes": bytes}
-		b.add(f)
-	} else {
+	if !b.env.measurable() {
 		b.say("throughput: no CPU per GB figure without --server-pid and --agent-pid")
+		return nil
 	}
+	perGB := func(name string) []float64 {
+		if bytes[name] == 0 {
+			return nil
+		}
+		return []float64{cpu[name] / (bytes[name] / 1e9)}
+	}
+	f := newFigure(testThroughput, "CPU per GB, server + agent", unitCPUPerGB, nil, perGB(pathTunnel), atMost(goalCPUPerGB)).withProbe(perGB(pathProbe))
+	f.Extra = map[string]float64{"cpuSeconds": cpu[pathTunnel], "bytes": bytes[pathTunnel]}
+	if f.Probe > 0 {
+		f.Extra["probeCPUSeconds"], f.Extra["probeBytes"] = cpu[pathProbe], bytes[pathProbe]
+	}
+	b.add(f)
 	return nil
+}
+
+// transferOn runs one throughput case on p and returns it with the CPU
+// seconds p's relays used meanwhile.
+func (b *bench) transferOn(ctx context.Context, p path, pat *benchmarks.Pattern, tc throughputCase) (transfer, float64, error) {
+	c0, err := cpuOf(p.procs)
+	if err != nil {
+		return transfer{}, 0, err
+	}
+	t, err := b.transfer(ctx, p.d, pat, tc)
+	if err != nil {
+		return t, 0, err
+	}
+	c1, err := cpuOf(p.procs)
+	return t, c1 - c0, err
 }
 
 func (b *bench) transfer(ctx context.Context, d benchmarks.Dialer, pat *benchmarks.Pattern, tc throughputCase) (transfer, error) {
@@ -80,14 +91,4 @@ func (b *bench) transfer(ctx context.Context, d benchmarks.Dialer, pat *benchmar
 		return measureUpload(ctx, d, pat, b.cfg.seed, tc.streams, b.cfg.duration)
 	}
 	return measureDownload(ctx, d, pat, b.cfg.seed, tc.streams, b.cfg.duration)
-}
-
-// pair formats the latest figures of a run for a progress line.
-func pair(direct, tunnel []float64, unit string) string {
-	s := "tunnel " + formatValue(tunnel[len(tunnel)-1], unit)
-	if len(direct) > 0 {
-		d := direct[len(direct)-1]
-		s = fmt.Sprintf("direct %s, %s (%.2f×)", formatValue(d, unit), s, tunnel[len(tunnel)-1]/d)
-	}
-	return s
 }
