@@ -45,6 +45,15 @@ type AgentConfig struct {
 	AllowCIDRs []netip.Prefix
 	// AllowPorts, if not empty, are the only destination ports allowed.
 	AllowPorts []uint16
+	// ResolveNames lets the agent look up destination names other than
+	// NodeName in the node's resolver (each address found is then checked
+	// and dialed as above). Off by default: kube-apiserver dials IP:port for
+	// pods, services, endpoints and webhooks behind Services, and a node
+	// name for kubelets, which the agent answers with its first node IP
+	// without a lookup; a name it would look up for the control plane is a
+	// channel into the node's DNS. Turn it on for an agent that must reach
+	// webhooks or APIServices configured by URL with a host name.
+	ResolveNames bool
 	// MaxDialTimeout caps the dial deadline the server asks for. Default 30s.
 	MaxDialTimeout time.Duration
 	// HandshakeTimeout bounds connecting, TLS and hello. Default 10s.
@@ -315,7 +324,11 @@ func (a *Agent) runSession(ctx context.Context, s *agentSession) {
 	start := time.Now()
 	err := a.serve(ctx, s)
 	if ctx.Err() == nil {
-		a.log.Warn("session ended", "server", s.addr, "server_id", s.id, "err", err)
+		reason := "none given (the server's log says why)"
+		if r := s.goodbye.Load(); r != nil {
+			reason = *r
+		}
+		a.log.Warn("session ended", "server", s.addr, "server_id", s.id, "reason", reason, "err", err)
 	}
 	if time.Since(start) >= a.cfg.StableAfter {
 		a.sessionEnd.Store(endStable)
@@ -397,10 +410,11 @@ func (a *Agent) rememberPeers(from string, peers map[string]string) {
 
 // agentSession is a registered session to one server replica.
 type agentSession struct {
-	sess Session
-	ctrl net.Conn
-	id   string // the replica's server ID
-	addr string // where the agent reached it
+	sess    Session
+	ctrl    net.Conn
+	id      string                 // the replica's server ID
+	addr    string                 // where the agent reached it
+	goodbye atomic.Pointer[string] // why the server said it ends the session, if it did
 }
 
 // connect dials addr and registers, naming the replicas the agent already
@@ -453,7 +467,7 @@ func (a *Agent) serve(ctx context.Context, s *agentSession) error {
 	}()
 	go func() {
 		defer func() { done <- struct{}{} }()
-		a.followReplicas(s)
+		a.followControl(s)
 	}()
 	for {
 		st, err := sess.Accept(context.Background())
@@ -474,14 +488,22 @@ func (a *Agent) serve(ctx context.Context, s *agentSession) error {
 	}
 }
 
-// followReplicas reads s's control stream after registration: each
-// replica-count frame is the count s's replica reports from then on. It
-// returns when the stream ends (with the session).
-func (a *Agent) followReplicas(s *agentSession) {
+// followControl reads s's control stream after registration: each
+// replica-count frame is the count s's replica reports from then on, and a
+// goodbye frame says why the server is ending the session. It returns when
+// the stream ends (with the session).
+func (a *Agent) followControl(s *agentSession) {
 	for {
 		typ, payload, err := readAnyFrame(s.ctrl)
 		if err != nil {
 			return
+		}
+		if typ == frameGoodbye {
+			if reason := decodeGoodbye(payload); reason != "" {
+				s.goodbye.Store(&reason)
+				a.log.Info("the server is ending the session", "server", s.addr, "server_id", s.id, "reason", reason)
+			}
+			continue
 		}
 		if typ != frameReplicas {
 			continue
@@ -501,12 +523,17 @@ func (a *Agent) followReplicas(s *agentSession) {
 	}
 }
 
+// endedBeforeReply names the likely causes of a session the server ended
+// before it answered the hello, and so before it could say why.
+const endedBeforeReply = "the server ended the session before answering the hello; over TLS 1.3 a refused client certificate shows only here: " +
+	"signed by a CA other than the server's --agent-ca-file, expired, or not for client auth. Otherwise the server restarted or hit a limit; its log says which"
+
 // hello opens the control stream and registers; the stream stays open for
 // the session's life, and hello returns it.
 func (a *Agent) hello(ctx context.Context, sess Session) (net.Conn, HelloReply, error) {
 	ctrl, err := sess.Open(ctx)
 	if err != nil {
-		return nil, HelloReply{}, err
+		return nil, HelloReply{}, fmt.Errorf("opening the control stream: %w (%s)", err, endedBeforeReply)
 	}
 	if d, ok := ctx.Deadline(); ok {
 		ctrl.SetDeadline(d)
@@ -514,11 +541,11 @@ func (a *Agent) hello(ctx context.Context, sess Session) (net.Conn, HelloReply, 
 	h := Hello{Version: ProtocolVersion, Node: a.cfg.NodeName, IPs: a.cfg.NodeIPs,
 		PodCIDRs: a.cfg.PodCIDRs, DefaultRoute: a.cfg.DefaultRoute, Agent: "tunnel-agent", Held: a.heldIDs()}
 	if err := encodeJSONFrame(ctrl, frameHello, h); err != nil {
-		return nil, HelloReply{}, fmt.Errorf("sending hello: %w", err)
+		return nil, HelloReply{}, fmt.Errorf("sending hello: %w (%s)", err, endedBeforeReply)
 	}
 	payload, err := readFrame(ctrl, frameHelloReply)
 	if err != nil {
-		return nil, HelloReply{}, fmt.Errorf("reading hello reply: %w", err)
+		return nil, HelloReply{}, fmt.Errorf("reading hello reply: %w (%s)", err, endedBeforeReply)
 	}
 	reply, err := decodeHelloReply(payload)
 	if err != nil {

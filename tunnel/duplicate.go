@@ -107,6 +107,7 @@ func (s *Server) replaceOlder(a *agentConn) {
 // ReplacedDrainTimeout passes, or it ends by itself; then closes it.
 func (s *Server) drainReplaced(a *agentConn) {
 	defer a.sess.Close()
+	s.sayGoodbye(a, fmt.Sprintf("replaced by a newer session for node %s; open tunnels drain for up to %s", a.node, s.cfg.ReplacedDrainTimeout))
 	t := time.NewTimer(s.cfg.ReplacedDrainTimeout)
 	defer t.Stop()
 	for a.streams.Load() > 0 {

@@ -22,7 +22,10 @@ func patientAgent(h *harness, name string, log *dialLog) AgentConfig {
 func TestDuplicateAgentReplacesOlder(t *testing.T) {
 	h := newHarness(t, nil)
 	var log dialLog
-	first := h.startAgent(patientAgent(h, "first", &log))
+	firstCfg := patientAgent(h, "first", &log)
+	var firstLog *logRecord
+	firstCfg.Logger, firstLog = recordLogs(t)
+	first := h.startAgent(firstCfg)
 	echo := startEcho(t, "127.0.0.1:0")
 	old := h.mustConnect(echo)
 
@@ -47,6 +50,9 @@ func TestDuplicateAgentReplacesOlder(t *testing.T) {
 	}
 	old.Close()
 	waitFor(t, "the replaced session to close after its last tunnel", func() bool { return !first.Registered() })
+	if !firstLog.has("session ended", "reason=", "replaced by a newer session for node node-a") {
+		t.Error("the replaced agent's log does not say why its session ended")
+	}
 	if !second.Registered() {
 		t.Fatal("the newest session ended too")
 	}

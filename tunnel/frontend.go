@@ -69,8 +69,10 @@ func (s *Server) handleConnect(c net.Conn) {
 		return
 	}
 	c.SetReadDeadline(time.Time{})
+	ctx, stop := watchHangup(s.ctx, c, br)
+	tunnel, err := s.Dial(ctx, addr)
+	stop()
 	leftover, _ := br.Peek(br.Buffered())
-	tunnel, err := s.Dial(context.Background(), addr)
 	if err != nil {
 		var de *DialError
 		if errors.As(err, &de) {
@@ -93,6 +95,28 @@ func (s *Server) handleConnect(c net.Conn) {
 		s.metrics.toNode.Add(float64(len(leftover)))
 	}
 	pipe(c, tunnel, s.metrics.toNode, s.metrics.fromNode)
+}
+
+// watchHangup returns a context for the dial a CONNECT waits on, which
+// ends if the client hangs up first: a dial nobody waits for stops at once,
+// on the server and on the node. It reads through br, so bytes the client
+// sends early stay in br for the tunnel (and end the watch). stop ends the
+// watch and leaves c's read deadline clear.
+func watchHangup(parent context.Context, c net.Conn, br *bufio.Reader) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancelCause(parent)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if _, err := br.Peek(1); err != nil && !isTimeout(err) {
+			cancel(fmt.Errorf("client hung up: %w", err))
+		}
+	}()
+	return ctx, func() {
+		c.SetReadDeadline(time.Unix(1, 0))
+		<-done
+		c.SetReadDeadline(time.Time{})
+		cancel(nil)
+	}
 }
 
 // answer writes an error status and counts it.
@@ -157,14 +181,10 @@ func readLine(br *bufio.Reader, budget *int) (string, error) {
 	return string(b), nil
 }
 
-// checkTarget accepts "host:port" with a non-empty host and a port 1-65535.
+// checkTarget accepts what splitTarget accepts.
 func checkTarget(target string) error {
-	host, port, err := net.SplitHostPort(target)
-	if err != nil || host == "" || strings.ContainsAny(host, "/?#@ ") {
-		return badRequest(http.StatusBadRequest, "CONNECT target %s is not host:port", quoteShort(target))
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return badRequest(http.StatusBadRequest, "CONNECT target %s has a bad port", quoteShort(target))
+	if _, _, err := splitTarget(target); err != nil {
+		return badRequest(http.StatusBadRequest, "CONNECT target %v", err)
 	}
 	return nil
 }

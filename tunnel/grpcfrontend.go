@@ -116,7 +116,7 @@ func (s *Server) ServeGRPC(ln net.Listener) error {
 	defer s.untrack(ln)
 	s.wg.Add(1)
 	defer s.wg.Done()
-	err = gs.Serve(ln)
+	err = gs.Serve(&cappedListener{Listener: ln, s: s, cap: &s.frontCap}) // accept.go
 	gs.Stop()
 	f.loops.Wait()
 	if errors.Is(err, net.ErrClosed) || errors.Is(err, grpc.ErrServerStopped) {
@@ -228,8 +228,8 @@ func checkDialRequest(req *proxy.DialRequest) error {
 		return &DialError{Result: ResultBadRequest, Address: req.Address,
 			Detail: fmt.Sprintf("protocol %s not supported; only tcp", quoteShort(req.Protocol))}
 	}
-	if checkTarget(req.Address) != nil {
-		return &DialError{Result: ResultBadRequest, Address: quoteShort(req.Address), Detail: "want host:port"}
+	if _, _, err := splitTarget(req.Address); err != nil {
+		return &DialError{Result: ResultBadRequest, Address: quoteShort(req.Address), Detail: err.Error()}
 	}
 	return nil
 }

@@ -205,7 +205,8 @@ func TestGRPCFrontendDialErrors(t *testing.T) {
 		{"tcp", "node-b:10250", "no agent for node-b", "no_agent"},
 		{"tcp", refused, "dial " + refused + ": connection refused", "refused"},
 		{"udp", "127.0.0.1:53", "protocol \"udp\" not supported", "bad_request"},
-		{"tcp", "127.0.0.1", "want host:port", "bad_request"},
+		{"tcp", "127.0.0.1", "is not host:port", "bad_request"},
+		{"tcp", "127.0.0.1:+9000", "not a number from 1 to 65535", "bad_request"},
 	} {
 		c := openProxy(t, path)
 		c.dialRequest(tc.protocol, tc.addr, 7)
@@ -217,7 +218,7 @@ func TestGRPCFrontendDialErrors(t *testing.T) {
 	}
 	expectMetric(t, reg, eq(2), "tunnel_server_grpc_dials_total", "result", "no_agent")
 	expectMetric(t, reg, eq(1), "tunnel_server_grpc_dials_total", "result", "refused")
-	expectMetric(t, reg, eq(2), "tunnel_server_grpc_dials_total", "result", "bad_request")
+	expectMetric(t, reg, eq(3), "tunnel_server_grpc_dials_total", "result", "bad_request")
 }
 
 // TestGRPCFrontendNodeCloses wants the target's last bytes, then CLOSE_RSP,

@@ -1,10 +1,7 @@
 package tunnel
 
 import (
-	"math"
 	"net"
-	"strconv"
-	"sync"
 	"time"
 )
 
@@ -57,12 +54,8 @@ func (FixedReplicas) Addresses() map[string]string { return nil }
 // isHostPort reports whether addr is "host:port" with a host and a port
 // number.
 func isHostPort(addr string) bool {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil || host == "" {
-		return false
-	}
-	n, err := strconv.ParseUint(port, 10, 16)
-	return err == nil && n > 0
+	_, _, err := splitTarget(addr)
+	return err == nil
 }
 
 // replicaCount returns the number of replicas the server knows of.
@@ -116,15 +109,22 @@ func (s *Server) replicasChanged() {
 }
 
 func (s *Server) announceReplicas(a *agentConn) {
+	s.tell(a, frameReplicas, func() any { return replicaCount{ServerCount: s.replicaCount(), Peers: s.peers()} }, s.cfg.HandshakeTimeout)
+}
+
+// tell writes a frame with msg() as its payload on a's control stream,
+// once the hello reply has gone out (before that, there is no stream to
+// write on, and the reply itself carries what the agent must know).
+func (s *Server) tell(a *agentConn, typ byte, msg func() any, timeout time.Duration) {
 	a.ctrlMu.Lock()
 	defer a.ctrlMu.Unlock()
-	if a.ctrl == nil { // its hello reply, still to come, carries the count
+	if a.ctrl == nil {
 		return
 	}
-	a.ctrl.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	a.ctrl.SetWriteDeadline(time.Now().Add(timeout))
 	defer a.ctrl.SetWriteDeadline(time.Time{})
-	if err := encodeJSONFrame(a.ctrl, frameReplicas, replicaCount{ServerCount: s.replicaCount(), Peers: s.peers()}); err != nil {
-		s.log.Warn("could not tell an agent the replica count", "node", a.node, "err", err)
+	if err := encodeJSONFrame(a.ctrl, typ, msg()); err != nil {
+		s.log.Warn("could not write to an agent's control stream", "node", a.node, "frame", typ, "err", err)
 	}
 }
 
@@ -153,52 +153,4 @@ func (s *Server) Coverage() (withAgent, known int) {
 		known = s.cfg.Nodes.Count()
 	}
 	return s.routes.nodes(), known
-}
-
-// acceptRate spaces out agent connections (ServerConfig.AgentAcceptRate):
-// a burst of up to one second's worth at once, then one per interval. The
-// accept loop waits for each connection's slot before it starts the
-// handshake, so that a fleet reconnecting at once cannot starve the server
-// of CPU with TLS handshakes. A connection whose slot is more than
-// acceptQueue away is closed at once, before any TLS: queueing it longer
-// would outlast the agent's handshake timeout and spend a handshake on a
-// connection the agent has given up; closed, it costs nothing, and the
-// agent tries again after its backoff or probe interval.
-type acceptRate struct {
-	interval time.Duration // zero: no limit
-	burst    time.Duration // how far the schedule may lag behind now
-	mu       sync.Mutex
-	next     time.Time // the next free slot
-}
-
-// acceptQueue is how long a connection may wait for its handshake slot.
-const acceptQueue = time.Second
-
-func newAcceptRate(perSecond float64) *acceptRate {
-	if perSecond <= 0 {
-		return &acceptRate{}
-	}
-	interval := time.Duration(float64(time.Second) / perSecond)
-	burst := max(math.Ceil(perSecond), 1)
-	return &acceptRate{interval: interval, burst: time.Duration(burst-1) * interval}
-}
-
-// delay books the next slot and returns how long to wait for it, or
-// reports false, booking nothing, if that is longer than acceptQueue.
-func (r *acceptRate) delay(now time.Time) (time.Duration, bool) {
-	if r == nil || r.interval == 0 {
-		return 0, true
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	slot := r.next
-	if earliest := now.Add(-r.burst); slot.Before(earliest) {
-		slot = earliest
-	}
-	wait := max(slot.Sub(now), 0)
-	if wait > acceptQueue {
-		return 0, false
-	}
-	r.next = slot.Add(r.interval)
-	return wait, true
 }

@@ -3,7 +3,6 @@ package tunnel
 import (
 	"maps"
 	"net"
-	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -285,38 +284,5 @@ func TestHAPeerAddresses(t *testing.T) {
 	waitFor(t, "the agent to hold every replica", holdsAll([]*runningAgent{agent}, []haReplica{r1, r2, r3}, 3))
 	for _, r := range []haReplica{r2, r3} {
 		expectMetric(t, r.reg, eq(0), "tunnel_server_agent_redundant_connections_total")
-	}
-}
-
-// TestAcceptRate: a burst of one second's worth, then one slot per
-// interval; a connection whose slot is more than acceptQueue away is shed
-// and books nothing; an idle spell refills the burst.
-func TestAcceptRate(t *testing.T) {
-	r := newAcceptRate(4) // burst 4, then every 250ms
-	now := time.Unix(1000, 0)
-	var got []time.Duration
-	for range 8 {
-		d, ok := r.delay(now)
-		if !ok {
-			d = -1
-		}
-		got = append(got, d)
-	}
-	ms := time.Millisecond
-	want := []time.Duration{0, 0, 0, 0, 250 * ms, 500 * ms, 750 * ms, 1000 * ms}
-	if !slices.Equal(got, want) {
-		t.Fatalf("delays %v, want %v", got, want)
-	}
-	if _, ok := r.delay(now); ok {
-		t.Fatal("a slot 1.25s away was booked, want the connection shed")
-	}
-	if d, ok := r.delay(now.Add(250 * ms)); !ok || d != time.Second {
-		t.Fatalf("250ms later: delay %v, %v; want 1s: the shed connection booked nothing", d, ok)
-	}
-	if d, ok := r.delay(now.Add(10 * time.Second)); !ok || d != 0 {
-		t.Fatalf("after an idle spell: delay %v, %v; want 0", d, ok)
-	}
-	if d, ok := newAcceptRate(0).delay(now); !ok || d != 0 {
-		t.Fatalf("no limit: delay %v, %v", d, ok)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"math/big"
 	"net"
+	"strings"
 	"testing"
 	"time"
 )
@@ -59,6 +60,8 @@ func TestAgentTLSVerifiedEvenWithGetConfigForClient(t *testing.T) {
 	cfg.TLS.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &forge, nil }
 	if err := registerOnce(t, cfg); err == nil {
 		t.Fatal("a self-signed node certificate registered")
+	} else if !strings.Contains(err.Error(), "signed by a CA other than the server's --agent-ca-file") {
+		t.Errorf("the refused agent's error does not name the likely cause: %v", err)
 	}
 	if h.srv.Agents() != 0 {
 		t.Fatalf("%d agents registered", h.srv.Agents())

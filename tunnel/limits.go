@@ -2,9 +2,7 @@ package tunnel
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"sync/atomic"
 )
@@ -37,11 +35,13 @@ const (
 	LimitHeaderTimeout    = "header_timeout"    // HeaderTimeout: a CONNECT request (or its TLS handshake) cut off
 	LimitHeaderSize       = "header_size"       // MaxHeaderBytes: a CONNECT request refused with 431
 	LimitDialTimeout      = "dial_timeout"      // DialTimeout: a dial answered with 504
-	LimitAcceptRate       = "accept_rate"       // AgentAcceptRate: an agent connection made to wait, or closed before TLS
+	LimitAcceptRate       = "accept_rate"       // AgentAcceptRate: an agent connection closed before TLS, its turn too far away
+	LimitAgentHandshakes  = "agent_handshakes"  // MaxAgentHandshakes: an agent connection closed at accept
+	LimitFrontendConns    = "frontend_conns"    // MaxFrontendConns: a frontend connection refused at accept
 )
 
 var limitNames = []string{LimitAgents, LimitStreamsPerAgent, LimitPendingDials, LimitHandshakeTimeout,
-	LimitHeaderTimeout, LimitHeaderSize, LimitDialTimeout, LimitAcceptRate}
+	LimitHeaderTimeout, LimitHeaderSize, LimitDialTimeout, LimitAcceptRate, LimitAgentHandshakes, LimitFrontendConns}
 
 const (
 	minStreamWindow = 256 << 10 // yamux's initial stream window, its minimum
@@ -53,7 +53,8 @@ func (c *ServerConfig) validateLimits() error {
 	for _, l := range []struct {
 		field string
 		n     int
-	}{{"MaxAgents", c.MaxAgents}, {"MaxStreamsPerAgent", c.MaxStreamsPerAgent}, {"MaxPendingDials", c.MaxPendingDials}} {
+	}{{"MaxAgents", c.MaxAgents}, {"MaxStreamsPerAgent", c.MaxStreamsPerAgent}, {"MaxPendingDials", c.MaxPendingDials},
+		{"MaxAgentHandshakes", c.MaxAgentHandshakes}, {"MaxFrontendConns", c.MaxFrontendConns}} {
 		if l.n < 1 {
 			return &ConfigError{Field: l.field, Msg: fmt.Sprintf("must be at least 1, not %d", l.n)}
 		}
@@ -112,11 +113,10 @@ func (s *Server) handshakeLimit(ctx context.Context) {
 // headerLimit counts a CONNECT request cut off by HeaderTimeout (err is a
 // timeout) or refused by MaxHeaderBytes (status 431).
 func (s *Server) headerLimit(err error, status int) {
-	var ne net.Error
 	switch {
 	case status == http.StatusRequestHeaderFieldsTooLarge:
 		s.limited(LimitHeaderSize)
-	case errors.As(err, &ne) && ne.Timeout():
+	case isTimeout(err):
 		s.limited(LimitHeaderTimeout)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 )
 
@@ -16,14 +15,36 @@ import (
 //
 // Allowed by default: the node's own addresses and its pod ranges. An
 // operator adds ranges (service IPs, say) with AllowCIDRs and may narrow
-// ports with AllowPorts. Loopback, link-local (which holds the cloud
-// metadata endpoints 169.254.169.254 and fd00:ec2::254 is the IPv6 one)
-// and other special addresses pass only when a node IP or an AllowCIDRs
-// range names them explicitly; a pod range never lets them through.
+// ports with AllowPorts. Special addresses — loopback, link-local (which
+// holds the cloud metadata endpoints 169.254.169.254 and, in the
+// unique-local range, fd00:ec2::254), unspecified, multicast and broadcast
+// — pass only when a node IP or an AllowCIDRs range names them: a range
+// no wider than the special range itself (127.0.0.0/8 names loopback,
+// 0.0.0.0/0 does not). A pod range never lets them through. An IPv6
+// address that carries an IPv4 address (NAT64 64:ff9b::/96 and
+// 64:ff9b:1::/48, 6to4 2002::/16, IPv4-compatible ::/96, Teredo
+// 2001::/32) is refused if the IPv4 address it carries is special and not
+// named, so that a broad IPv6 range cannot reach 127.0.0.1 or the metadata
+// endpoint through a translator.
 
-// metadataV6 is the IPv6 address of the AWS instance metadata service; it
-// sits in the unique-local range, so it is refused by name.
-var metadataV6 = netip.MustParseAddr("fd00:ec2::254")
+// special is a range of addresses that is never a normal destination.
+type special struct {
+	prefix netip.Prefix
+	kind   string
+}
+
+var specials = []special{
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
+	{netip.MustParsePrefix("::1/128"), "loopback"},
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local or metadata"},
+	{netip.MustParsePrefix("fe80::/10"), "link-local or metadata"},
+	{netip.MustParsePrefix("fd00:ec2::254/128"), "link-local or metadata"}, // AWS's IPv6 metadata
+	{netip.MustParsePrefix("0.0.0.0/8"), "unspecified"},
+	{netip.MustParsePrefix("::/128"), "unspecified"},
+	{netip.MustParsePrefix("224.0.0.0/4"), "multicast or broadcast"},
+	{netip.MustParsePrefix("ff00::/8"), "multicast or broadcast"},
+	{netip.MustParsePrefix("255.255.255.255/32"), "multicast or broadcast"},
+}
 
 // destPolicy is the compiled form of an agent's policy.
 type destPolicy struct {
@@ -55,32 +76,70 @@ func (p *destPolicy) check(ip netip.Addr, port uint16) error {
 			return &forbiddenError{fmt.Sprintf("port %d is not an allowed port", port)}
 		}
 	}
-	if containsAddr(p.explicit, ip) {
-		return nil
+	for _, a := range append([]netip.Addr{ip}, embeddedIPv4(ip)...) {
+		if sp, ok := specialRange(a); ok && !p.names(a, sp.prefix) {
+			if a != ip {
+				return &forbiddenError{fmt.Sprintf("%s carries %s, a %s address, refused unless allowed explicitly", ip, a, sp.kind)}
+			}
+			return &forbiddenError{fmt.Sprintf("%s is a %s address, refused unless allowed explicitly", ip, sp.kind)}
+		}
 	}
-	if kind := specialKind(ip); kind != "" {
-		return &forbiddenError{fmt.Sprintf("%s is a %s address, refused unless allowed explicitly", ip, kind)}
-	}
-	if containsAddr(p.podCIDRs, ip) {
+	if containsAddr(p.explicit, ip) || containsAddr(p.podCIDRs, ip) {
 		return nil
 	}
 	return &forbiddenError{fmt.Sprintf("%s is not one of the node's addresses, pod ranges or allowed ranges", ip)}
 }
 
-// specialKind names the kind of an address that is never a normal
-// destination, or returns "".
-func specialKind(ip netip.Addr) string {
-	switch {
-	case ip.IsLoopback():
-		return "loopback"
-	case ip.IsLinkLocalUnicast() || ip == metadataV6:
-		return "link-local or metadata"
-	case ip.IsUnspecified():
-		return "unspecified"
-	case ip.IsMulticast() || ip.IsLinkLocalMulticast() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
-		return "multicast or broadcast"
+// names reports whether a node IP or an allowed range holds ip and is no
+// wider than within, the special range ip is in.
+func (p *destPolicy) names(ip netip.Addr, within netip.Prefix) bool {
+	for _, e := range p.explicit {
+		if e.Contains(ip) && e.Bits() >= within.Bits() {
+			return true
+		}
 	}
-	return ""
+	return false
+}
+
+// specialRange returns the special range ip is in, if any.
+func specialRange(ip netip.Addr) (special, bool) {
+	for _, sp := range specials {
+		if sp.prefix.Contains(ip) {
+			return sp, true
+		}
+	}
+	return special{}, false
+}
+
+// IPv6 ranges whose addresses carry an IPv4 address.
+var (
+	nat64      = netip.MustParsePrefix("64:ff9b::/96")
+	nat64Local = netip.MustParsePrefix("64:ff9b:1::/48")
+	sixToFour  = netip.MustParsePrefix("2002::/16")
+	v4Compat   = netip.MustParsePrefix("::/96")
+	teredo     = netip.MustParsePrefix("2001::/32")
+)
+
+// embeddedIPv4 returns the IPv4 addresses an IPv6 address carries: the
+// last 32 bits of a NAT64 or IPv4-compatible address (and of a local-use
+// NAT64 one, the common /96 layout), bits 16-47 of a 6to4 address, and
+// Teredo's server and (inverted) client addresses.
+func embeddedIPv4(ip netip.Addr) []netip.Addr {
+	if !ip.Is6() {
+		return nil
+	}
+	b := ip.As16()
+	v4 := func(i int) netip.Addr { return netip.AddrFrom4([4]byte(b[i : i+4])) }
+	switch {
+	case nat64.Contains(ip), nat64Local.Contains(ip), v4Compat.Contains(ip):
+		return []netip.Addr{v4(12)}
+	case sixToFour.Contains(ip):
+		return []netip.Addr{v4(2)}
+	case teredo.Contains(ip):
+		client := [4]byte{^b[12], ^b[13], ^b[14], ^b[15]}
+		return []netip.Addr{v4(4), netip.AddrFrom4(client)}
+	}
+	return nil
 }
 
 func containsAddr(prefixes []netip.Prefix, ip netip.Addr) bool {
@@ -94,18 +153,14 @@ func containsAddr(prefixes []netip.Prefix, ip netip.Addr) bool {
 
 // destinations turns a dial request's "host:port" into the addresses the
 // agent may dial: an IP literal as it is; the node's own name as its first
-// node IP; any other name through the node's resolver. Every address is
+// node IP; any other name, with ResolveNames, through the node's resolver. Every address is
 // checked, and the agent dials the checked addresses themselves, never the
 // name again, so that DNS cannot change the answer between check and dial.
 // A name whose addresses are all refused is refused with the first reason.
 func (a *Agent) destinations(ctx context.Context, addr string) ([]netip.AddrPort, error) {
-	host, p, err := net.SplitHostPort(addr)
+	host, port, err := splitTarget(addr)
 	if err != nil {
 		return nil, err
-	}
-	port, err := strconv.ParseUint(p, 10, 16)
-	if err != nil || port == 0 {
-		return nil, fmt.Errorf("port %q is not a number from 1 to 65535", p)
 	}
 	ips, err := a.resolve(ctx, host)
 	if err != nil {
@@ -114,11 +169,11 @@ func (a *Agent) destinations(ctx context.Context, addr string) ([]netip.AddrPort
 	var out []netip.AddrPort
 	var refused error
 	for _, ip := range ips {
-		if err := a.policy.check(ip, uint16(port)); err != nil {
+		if err := a.policy.check(ip, port); err != nil {
 			refused = cmpOr(refused, err)
 			continue
 		}
-		out = append(out, netip.AddrPortFrom(ip.Unmap(), uint16(port)))
+		out = append(out, netip.AddrPortFrom(ip.Unmap(), port))
 	}
 	if len(out) == 0 {
 		if _, literal := parseIP(host); !literal && refused != nil {
@@ -130,13 +185,17 @@ func (a *Agent) destinations(ctx context.Context, addr string) ([]netip.AddrPort
 }
 
 // resolve returns the addresses of host: itself if it is an IP literal,
-// the first node IP for the node's own name, else the resolver's answer.
+// the first node IP for the node's own name, else, with ResolveNames, the
+// resolver's answer.
 func (a *Agent) resolve(ctx context.Context, host string) ([]netip.Addr, error) {
 	if ip, ok := parseIP(host); ok {
 		return []netip.Addr{ip}, nil
 	}
 	if strings.EqualFold(host, a.cfg.NodeName) && len(a.cfg.NodeIPs) > 0 {
 		return a.cfg.NodeIPs[:1], nil
+	}
+	if !a.cfg.ResolveNames {
+		return nil, &forbiddenError{fmt.Sprintf("%s is a name, and this agent looks up none but its node's (--resolve-names)", quoteShort(host))}
 	}
 	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 	if err == nil && len(ips) == 0 {

@@ -98,18 +98,27 @@ func TestDestinationPolicyAllowCIDR(t *testing.T) {
 	expectForbidden(t, h, dials, "127.0.1.1:"+port, "127.0.1.1 is a loopback address") // outside the /24
 }
 
-// TestDestinationPolicyNames: a host name is resolved on the node, and
-// only its allowed addresses are dialed — by address, not by name.
+// TestDestinationPolicyNames: an agent looks up no name but its node's
+// unless told to; then a name is resolved on the node, and only its allowed
+// addresses are dialed — by address, not by name.
 func TestDestinationPolicyNames(t *testing.T) {
 	h := newHarness(t, func(c *ServerConfig) { c.TrustAgentRoutes = true })
 	var log dialLog
 	cfg := h.agentConfig("node-c") // no node IPs
 	cfg.DefaultRoute = true
 	cfg.Dial = recordingDial("node-c", &log)
-	strict := h.startAgent(cfg)
+	closed := h.startAgent(cfg)
 	echo := startEcho(t, "127.0.0.1:0")
 	_, port, _ := net.SplitHostPort(echo)
 	_, res := h.connect("localhost:" + port)
+	if res.StatusCode != http.StatusForbidden || !strings.Contains(res.Status, "looks up none but its node's") {
+		t.Fatalf("CONNECT localhost without ResolveNames: %s, want 403 saying names are not looked up", res.Status)
+	}
+	closed.stop()
+	waitFor(t, "the agent to leave", func() bool { return h.srv.Agents() == 0 })
+	cfg.ResolveNames = true
+	strict := h.startAgent(cfg)
+	_, res = h.connect("localhost:" + port)
 	if res.StatusCode != http.StatusForbidden || !strings.Contains(res.Status, "localhost resolves to") {
 		t.Fatalf("CONNECT localhost: %s, want 403 naming what localhost resolves to", res.Status)
 	}

@@ -13,6 +13,8 @@ func TestDestPolicy(t *testing.T) {
 		[]netip.Prefix{netip.MustParsePrefix("10.96.0.0/12"), netip.MustParsePrefix("fd00:ec2::254/128")},
 		nil)
 	narrow := newDestPolicy([]netip.Addr{netip.MustParseAddr("10.0.0.5")}, nil, nil, []uint16{10250, 443})
+	broad := newDestPolicy(nil, nil, []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}, nil)
+	named := newDestPolicy(nil, nil, []netip.Prefix{netip.MustParsePrefix("::/0"), netip.MustParsePrefix("127.0.0.0/8")}, nil)
 	for _, c := range []struct {
 		p    *destPolicy
 		addr string
@@ -35,6 +37,22 @@ func TestDestPolicy(t *testing.T) {
 		{narrow, "10.0.0.6:443", false},        // not the node
 		{narrow, "[fd00:ec2::254]:443", false}, // metadata v6 by name
 		{narrow, "[::1]:443", false},           // loopback v6
+		{broad, "192.168.1.1:22", true},        // a broad range allows the ordinary
+		{broad, "[2001:db8::1]:22", true},
+		{broad, "127.0.0.1:22", false},                    // but names no special range
+		{broad, "169.254.169.254:80", false},              // metadata
+		{broad, "0.1.2.3:80", false},                      // "this network" reaches the host
+		{broad, "[::1]:22", false},                        // loopback v6
+		{broad, "[64:ff9b::7f00:1]:22", false},            // NAT64 of 127.0.0.1
+		{broad, "[64:ff9b::a9fe:a9fe]:80", false},         // NAT64 of the metadata address
+		{broad, "[64:ff9b:1::a9fe:a9fe]:80", false},       // local-use NAT64
+		{broad, "[2002:7f00:1::1]:22", false},             // 6to4 of 127.0.0.1
+		{broad, "[::7f00:1]:22", false},                   // IPv4-compatible 127.0.0.1
+		{broad, "[2001:0:a9fe:a9fe::1]:80", false},        // Teredo server 169.254.169.254
+		{broad, "[2001:0:c000:201::80ff:fffe]:80", false}, // Teredo client 127.0.0.1, inverted
+		{broad, "[64:ff9b::c000:201]:80", true},           // NAT64 of an ordinary address
+		{named, "[64:ff9b::7f00:1]:22", true},             // loopback named, so its NAT64 form too
+		{named, "169.254.169.254:80", false},
 	} {
 		ap := netip.MustParseAddrPort(c.addr)
 		err := c.p.check(ap.Addr(), ap.Port())

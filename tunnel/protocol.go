@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -26,6 +29,7 @@ const (
 	frameDialResponse byte = 0x04 // agent → server, answer to a dial request
 	frameDrain        byte = 0x05 // agent → server, control stream: route nothing new here
 	frameReplicas     byte = 0x06 // server → agent, control stream: the replica count changed (ha.go)
+	frameGoodbye      byte = 0x07 // server → agent, control stream: why the server ends the session
 )
 
 const (
@@ -127,6 +131,12 @@ type HelloReply struct {
 	Held bool `json:"held,omitempty"`
 }
 
+// goodbye is the payload of a goodbye frame: why the server is about to
+// end the session, for the agent's log.
+type goodbye struct {
+	Reason string `json:"reason"`
+}
+
 // replicaCount is the payload of a replicas frame.
 type replicaCount struct {
 	ServerCount int               `json:"serverCount"`
@@ -143,6 +153,22 @@ func decodeReplicaCount(payload []byte) (replicaCount, error) {
 	}
 	return r, nil
 }
+
+// decodeGoodbye returns a goodbye frame's reason, cut to a length fit
+// for a log line; "" if the payload is not a goodbye.
+func decodeGoodbye(payload []byte) string {
+	var g goodbye
+	if json.Unmarshal(payload, &g) != nil {
+		return ""
+	}
+	if len(g.Reason) > maxReasonLen {
+		g.Reason = g.Reason[:maxReasonLen] + "..."
+	}
+	return g.Reason
+}
+
+// maxReasonLen bounds a reason the agent logs from the server.
+const maxReasonLen = 512
 
 func encodeJSONFrame(w io.Writer, typ byte, v any) error {
 	b, err := json.Marshal(v)
@@ -166,6 +192,24 @@ func decodeHelloReply(payload []byte) (HelloReply, error) {
 		return h, fmt.Errorf("tunnel: bad hello reply: %w", err)
 	}
 	return h, nil
+}
+
+// splitTarget splits a dial's destination, "host:port", checking it on
+// the way: a host with no URL or space characters in it, and a port in
+// plain decimal from 1 to 65535 ("+80", "0x50" and " 80" are not ports).
+// The frontends, the server and the agent all check with it, so a
+// malformed destination is refused where it enters (400), never by the
+// node.
+func splitTarget(addr string) (host string, port uint16, err error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil || host == "" || strings.ContainsAny(host, "/?#@ ") {
+		return "", 0, fmt.Errorf("%s is not host:port", quoteShort(addr))
+	}
+	n, err := strconv.ParseUint(p, 10, 16)
+	if err != nil || n == 0 {
+		return "", 0, fmt.Errorf("port %s is not a number from 1 to 65535", quoteShort(p))
+	}
+	return host, uint16(n), nil
 }
 
 // dialRequest asks the agent to dial Address within Timeout.

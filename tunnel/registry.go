@@ -29,11 +29,16 @@ type agentConn struct {
 	ctrl   net.Conn   // the control stream, once the hello reply is sent
 }
 
-// handleAgent runs one TLS agent connection: the handshake, then runAgent.
-func (s *Server) handleAgent(raw net.Conn) {
+// handleAgent runs one TLS agent connection: its turn (accept.go), the
+// handshake, then runAgent, which calls registered once the agent is
+// registered or refused.
+func (s *Server) handleAgent(raw net.Conn, registered func()) {
 	defer raw.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
+	if !s.awaitTurn(ctx, raw) {
+		return
+	}
 	remote := raw.RemoteAddr().String()
 	sess, err := acceptTLS(ctx, raw, s.agentTLS, s.cfg.KeepaliveTimeout, s.window)
 	if err != nil {
@@ -42,13 +47,14 @@ func (s *Server) handleAgent(raw net.Conn) {
 		s.log.Warn("agent rejected", "remote", remote, "kind", RejectHandshake, "err", err)
 		return
 	}
-	s.runAgent(ctx, sess, remote)
+	s.runAgent(ctx, sess, remote, registered)
 }
 
 // runAgent is the part of an agent connection common to every transport
 // (TLS + yamux here, SSH in ssh_auth.go): hello within ctx, admission,
-// registration, keepalive and drain until the session ends.
-func (s *Server) runAgent(ctx context.Context, sess Session, remote string) {
+// registration (then it calls registered), keepalive and drain until the
+// session ends.
+func (s *Server) runAgent(ctx context.Context, sess Session, remote string, registered func()) {
 	defer sess.Close()
 	if !s.track(sess, sess.Close) {
 		return
@@ -93,6 +99,7 @@ func (s *Server) runAgent(ctx context.Context, sess Session, remote string) {
 		return
 	}
 	s.metrics.registrations.Inc()
+	registered()
 	s.log.Info("agent registered", "node", a.node, "remote", remote, "ips", ips, "podCIDRs", cidrs, "defaultRoute", def)
 	s.replaceOlder(a) // duplicate.go
 	done := make(chan struct{}, 2)
@@ -113,6 +120,12 @@ func (s *Server) runAgent(ctx context.Context, sess Session, remote string) {
 	<-done
 	<-done
 	s.log.Info("agent disconnected", "node", a.node, "remote", remote)
+}
+
+// sayGoodbye tells a's agent why the server ends its session, for the
+// agent's log; an agent that does not read holds it up a second at most.
+func (s *Server) sayGoodbye(a *agentConn, reason string) {
+	s.tell(a, frameGoodbye, func() any { return goodbye{Reason: reason} }, time.Second) // ha.go
 }
 
 // refuse answers a hello with r, which says why nothing was registered,

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 )
 
 // ServerConfig configures a Server. Start from DefaultServerConfig.
@@ -30,10 +31,21 @@ type ServerConfig struct {
 	// agents that lose their session to it try there directly (ha.go).
 	AdvertiseAddress string
 	// AgentAcceptRate bounds the agent connections the server starts
-	// handshakes for, per second, after a burst of one second's worth;
-	// those beyond it wait up to a second for their turn, and those beyond
-	// that are closed before TLS (ha.go). Zero: no bound. Default 200.
+	// handshakes for, per second, after a burst of one second's worth. A
+	// connection takes its turn once its first bytes arrive; one whose turn
+	// is more than a second away is closed before TLS (accept.go). Zero: no
+	// bound. Default 200.
 	AgentAcceptRate float64
+	// MaxAgentHandshakes bounds the agent connections accepted and not yet
+	// registered or refused: waiting for their first bytes (up to 3s) or
+	// their turn, in the handshake, or sending the hello. New connections
+	// beyond it are closed at once. Default 4,096.
+	MaxAgentHandshakes int
+	// MaxFrontendConns bounds the frontend connections open at once (HTTP
+	// CONNECT over the unix socket and TCP, and gRPC), tunnels included. A
+	// connection beyond it gets 503 on the unix socket and is closed before
+	// its handshake on TLS and gRPC. Default 32,768.
+	MaxFrontendConns int
 	// AgentTLS is the TLS configuration of the agent listener: the server
 	// certificate and the CA pool (ClientCAs) that signs agent certificates.
 	// The server enforces TLS 1.3 and verified client certificates on a copy.
@@ -102,6 +114,8 @@ func DefaultServerConfig() ServerConfig {
 		SessionWindowBudget:  1 << 30,
 		ReplacedDrainTimeout: 60 * time.Second,
 		AgentAcceptRate:      200,
+		MaxAgentHandshakes:   4096,
+		MaxFrontendConns:     32768,
 
 		KeepaliveInterval: DefaultKeepaliveInterval,
 		KeepaliveTimeout:  DefaultKeepaliveTimeout,
@@ -143,10 +157,17 @@ type Server struct {
 	routes   *routes
 	dialID   atomic.Uint64
 	metrics  *serverMetrics
-	window   uint32      // each agent stream's receive window (limits.go)
-	sessions gate        // registered agent sessions
-	pending  gate        // dials in progress
-	accepts  *acceptRate // agent connections (ha.go)
+	window   uint32        // each agent stream's receive window (limits.go)
+	sessions gate          // registered agent sessions
+	pending  gate          // dials in progress
+	accepts  *rate.Limiter // agent handshakes started (accept.go); nil: no bound
+	turns    turnQueue     // agent connections waiting for a turn, by address
+	agentCap connCap       // agent connections not yet registered (accept.go)
+	frontCap connCap       // frontend connections
+	refusing gate          // frontend connections being told they are over frontCap
+
+	ctx    context.Context // ends at Close: handshakes and dials in progress stop
+	cancel context.CancelFunc
 
 	fallback atomic.Pointer[sshFallback] // nodes without an agent, over their sshd (ssh_fallback.go)
 	nodeMu   sync.Mutex                  // orders node-source lookups with the rebinds they cause (nodes.go)
@@ -175,8 +196,14 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		window:   cfg.streamWindow(),
 		sessions: gate{max: int64(cfg.MaxAgents)},
 		pending:  gate{max: int64(cfg.MaxPendingDials)},
-		accepts:  newAcceptRate(cfg.AgentAcceptRate),
+		accepts:  newAcceptLimiter(cfg.AgentAcceptRate),
+		turns:    newTurnQueue(cfg.AgentAcceptRate),
+		agentCap: connCap{gate: gate{max: int64(cfg.MaxAgentHandshakes)}, limit: LimitAgentHandshakes},
+		frontCap: connCap{gate: gate{max: int64(cfg.MaxFrontendConns)}, limit: LimitFrontendConns},
+		refusing: gate{max: maxRefusing},
 	}
+	s.frontCap.refuse = s.refuseFrontend
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.metrics = newServerMetrics(s.agentsByTransport, s.Coverage) // transport_metrics.go, ha.go
 	s.metrics.window.Set(float64(s.window))
 	s.metrics.replicas.Set(float64(s.replicaCount()))
@@ -200,14 +227,14 @@ func (s *Server) Agents() int { return s.routes.count() }
 
 // ServeAgents accepts agent connections on ln until ln or the server closes.
 func (s *Server) ServeAgents(ln net.Listener) error {
-	return s.serve(ln, s.accepts, s.handleAgent)
+	return s.serve(ln, &s.agentCap, s.handleAgent)
 }
 
 // ServeConnect serves the HTTP CONNECT frontend on ln (a unix-socket
 // listener, or a TLS listener requiring client certificates) until ln or the
 // server closes.
 func (s *Server) ServeConnect(ln net.Listener) error {
-	return s.serve(ln, nil, s.handleConnect)
+	return s.serve(ln, &s.frontCap, func(c net.Conn, _ func()) { s.handleConnect(c) })
 }
 
 // Close stops every listener, ends every agent session and frontend
@@ -215,6 +242,7 @@ func (s *Server) ServeConnect(ln net.Listener) error {
 func (s *Server) Close() error {
 	s.mu.Lock()
 	s.closed = true
+	s.cancel()
 	for _, closeFn := range s.open {
 		closeFn()
 	}
@@ -234,6 +262,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		err = fmt.Errorf("drain: %w", ctx.Err())
 	}
+	var wg sync.WaitGroup
+	for _, a := range s.routes.all() {
+		wg.Go(func() { s.sayGoodbye(a, "server "+s.cfg.ID+" shutting down") })
+	}
+	wg.Wait()
 	s.Close()
 	return err
 }
@@ -279,8 +312,11 @@ func (s *Server) untrack(key any) {
 }
 
 // serve runs an accept loop, handing each connection to handle in a
-// goroutine the server owns, each in its slot of rate if rate is not nil.
-func (s *Server) serve(ln net.Listener, rate *acceptRate, handle func(net.Conn)) error {
+// goroutine the server owns, while cap has room for it. handle gets a
+// function that gives the connection's place back early; it is given back
+// when handle returns in any case. The loop itself never waits for
+// anything but Accept.
+func (s *Server) serve(ln net.Listener, cap *connCap, handle func(c net.Conn, release func())) error {
 	if !s.track(ln, ln.Close) { // the server closed first: as if ln had
 		return nil
 	}
@@ -298,26 +334,36 @@ func (s *Server) serve(ln net.Listener, rate *acceptRate, handle func(net.Conn))
 			continue
 		}
 		backoff = 0
-		d, ok := rate.delay(time.Now())
-		if d > 0 || !ok {
-			s.limited(LimitAcceptRate)
-		}
-		if !ok { // ha.go: shed before TLS
-			s.log.Debug("agent connection closed: over the accept rate", "remote", c.RemoteAddr().String())
-			c.Close()
+		if !s.admitConn(cap, c) { // accept.go
 			continue
 		}
-		time.Sleep(d)
-		if !s.track(c, c.Close) {
+		release := sync.OnceFunc(cap.leave)
+		if !s.goConn(c, func() { defer release(); handle(c, release) }) {
+			release()
 			return nil
 		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer s.untrack(c)
-			handle(c)
-		}()
 	}
+}
+
+// goConn runs f in a goroutine that Close waits for, with c closed at
+// Close; it reports false, and closes c, if the server has closed. The
+// goroutine is counted under the same lock that Close takes, so none
+// starts after Close has returned.
+func (s *Server) goConn(c net.Conn, f func()) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		c.Close()
+		return false
+	}
+	s.open[c] = c.Close
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer s.untrack(c)
+		f()
+	}()
+	return true
 }
 
 func randomID() string {
@@ -363,9 +409,9 @@ func (s *Server) Dial(ctx context.Context, addr string) (net.Conn, error) {
 }
 
 func (s *Server) dial(ctx context.Context, id uint64, addr string) (net.Conn, string, error) {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil || host == "" || port == "" {
-		return nil, "", &DialError{Result: ResultBadRequest, Address: addr, Detail: "want host:port"}
+	host, _, err := splitTarget(addr)
+	if err != nil {
+		return nil, "", &DialError{Result: ResultBadRequest, Address: addr, Detail: err.Error()}
 	}
 	if !s.pending.enter() {
 		return nil, "", s.limitError(LimitPendingDials, addr, fmt.Sprintf("too many dials in progress (%d)", s.cfg.MaxPendingDials))

@@ -122,15 +122,18 @@ func (s *Server) ServeSSHAgents(ln net.Listener, cfg SSHServerConfig) error {
 		return err
 	}
 	sc := cfg.serverConfig()
-	return s.serve(ln, s.accepts, func(raw net.Conn) { s.handleSSHAgent(raw, sc) })
+	return s.serve(ln, &s.agentCap, func(raw net.Conn, registered func()) { s.handleSSHAgent(raw, sc, registered) })
 }
 
 // handleSSHAgent runs the SSH handshake within the handshake timeout, then
 // the common registration (runAgent).
-func (s *Server) handleSSHAgent(raw net.Conn, sc *ssh.ServerConfig) {
+func (s *Server) handleSSHAgent(raw net.Conn, sc *ssh.ServerConfig, registered func()) {
 	defer raw.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
+	if !s.awaitTurn(ctx, raw) {
+		return
+	}
 	sess, err := acceptSSH(ctx, raw, sc)
 	if err != nil {
 		s.handshakeLimit(ctx)
@@ -138,7 +141,7 @@ func (s *Server) handleSSHAgent(raw net.Conn, sc *ssh.ServerConfig) {
 		s.log.Warn("agent rejected", "remote", raw.RemoteAddr().String(), "transport", TransportSSH, "kind", RejectHandshake, "err", err)
 		return
 	}
-	s.runAgent(ctx, sess, raw.RemoteAddr().String())
+	s.runAgent(ctx, sess, raw.RemoteAddr().String(), registered)
 }
 
 // acceptSSH completes the server side of an SSH agent connection.

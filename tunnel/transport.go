@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -162,6 +163,9 @@ func dialTLS(ctx context.Context, addr string, cfg *tls.Config, pingTimeout time
 	conn := newFrameWriter(raw, cfg, tls.Client)
 	if err := conn.HandshakeContext(ctx); err != nil {
 		raw.Close()
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+			return nil, fmt.Errorf("tls handshake with %s: %w (the server closed the connection before TLS: it sheds connections beyond its --agent-accept-rate or --max-agent-handshakes; a later try gets in)", addr, err)
+		}
 		return nil, fmt.Errorf("tls handshake with %s: %w", addr, err)
 	}
 	s, err := yamux.Client(conn, sessionConfig(pingTimeout))

@@ -52,6 +52,7 @@ func TestRouting(t *testing.T) {
 	c := h.agentConfig("node-c")
 	c.DefaultRoute = true
 	c.AllowCIDRs = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	c.ResolveNames = true
 	c.Dial = recordingDial("node-c", &log)
 	h.startAgent(c)
 

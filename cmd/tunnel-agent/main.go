@@ -43,6 +43,7 @@ func (f *agentFlags) bind(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&f.nodeIPs, "node-ip", nil, "this node's IP (repeatable); dials to --node-name go to the first")
 	fs.StringSliceVar(&f.podCIDRs, "pod-cidr", nil, "this node's pod CIDR (repeatable; the server must trust agent routes)")
 	fs.BoolVar(&f.cfg.DefaultRoute, "default-route", false, "serve every destination no other agent claims, such as service IPs (the server must trust agent routes)")
+	fs.BoolVar(&f.cfg.ResolveNames, "resolve-names", false, "look up destination names other than --node-name in the node's resolver (for webhooks or APIServices configured by URL with a host name); by default only IP addresses and the node's own name are dialed")
 	fs.StringSliceVar(&f.allowCIDRs, "allow-cidr", nil, "a range this agent may dial besides its node IPs and pod CIDRs, e.g. the service range (repeatable); loopback and link-local addresses need this or --node-ip")
 	fs.StringSliceVar(&f.allowPorts, "allow-port", nil, "the only destination ports this agent dials (repeatable; default: any)")
 	fs.DurationVar(&f.cfg.MaxDialTimeout, "max-dial-timeout", f.cfg.MaxDialTimeout, "upper bound on any dial this agent makes")

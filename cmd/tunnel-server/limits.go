@@ -30,6 +30,8 @@ func (f *serverFlags) bindLimits(fs *pflag.FlagSet) {
 	fs.IntVar(&f.cfg.MaxAgents, "max-agents", f.cfg.MaxAgents, "agent sessions registered at once; registrations beyond it are refused with the reason")
 	fs.IntVar(&f.cfg.MaxStreamsPerAgent, "max-streams-per-agent", f.cfg.MaxStreamsPerAgent, "tunnels (dialing or open) on one agent; a dial beyond it gets 503")
 	fs.IntVar(&f.cfg.MaxPendingDials, "max-pending-dials", f.cfg.MaxPendingDials, "dials in progress at once; a dial beyond it gets 503")
+	fs.IntVar(&f.cfg.MaxAgentHandshakes, "max-agent-handshakes", f.cfg.MaxAgentHandshakes, "agent connections accepted and not yet registered (waiting for their first bytes or turn, in the handshake or hello); new ones beyond it are closed at once")
+	fs.IntVar(&f.cfg.MaxFrontendConns, "max-frontend-connections", f.cfg.MaxFrontendConns, "frontend connections open at once, tunnels included, over all frontends; beyond it a CONNECT on the unix socket gets 503, TLS and gRPC connections are closed")
 	fs.Var(cli.ByteSize{N: &f.cfg.SessionWindowBudget}, "session-window-budget", "bytes one agent session may make the server buffer: each stream's window is this over --max-streams-per-agent, clamped to 256Ki-16Mi")
 	fs.DurationVar(&f.cfg.ReplacedDrainTimeout, "replaced-drain-timeout", f.cfg.ReplacedDrainTimeout, "how long a session replaced by a newer one for the same node keeps its open tunnels before it is closed")
 }

@@ -98,6 +98,8 @@ var configFlags = map[string]string{
 	"SessionWindowBudget":  "session-window-budget",
 	"ReplacedDrainTimeout": "replaced-drain-timeout",
 	"AgentAcceptRate":      "agent-accept-rate",
+	"MaxAgentHandshakes":   "max-agent-handshakes",
+	"MaxFrontendConns":     "max-frontend-connections",
 	"AdvertiseAddress":     "advertise-address",
 
 	"KeepaliveInterval": "keepalive-interval",
