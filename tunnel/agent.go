@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tunnel-project/tunnel/tunnel/mux"
 )
 
 // AgentConfig configures an Agent. Start from DefaultAgentConfig.
@@ -155,6 +157,7 @@ type Agent struct {
 	cfg     AgentConfig
 	log     *slog.Logger
 	tls     *tls.Config
+	session *mux.Config // of TLS sessions (transport.go)
 	metrics *agentMetrics
 	policy  *destPolicy    // which destinations may be dialed (policy.go)
 	wg      sync.WaitGroup // sessions and their stream handlers
@@ -183,8 +186,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	}
 	cfg.NodeName = strings.ToLower(cfg.NodeName)
 	a := &Agent{cfg: cfg, log: logger(cfg.Logger), tls: t,
-		policy: newDestPolicy(cfg.NodeIPs, cfg.PodCIDRs, cfg.AllowCIDRs, cfg.AllowPorts),
-		held:   make(map[string]int), addrs: make(map[string]string), want: 1, changed: make(chan struct{})}
+		session: agentSessionConfig(cfg.KeepaliveTimeout, logger(cfg.Logger)),
+		policy:  newDestPolicy(cfg.NodeIPs, cfg.PodCIDRs, cfg.AllowCIDRs, cfg.AllowPorts),
+		held:    make(map[string]int), addrs: make(map[string]string), want: 1, changed: make(chan struct{})}
 	a.metrics = newAgentMetrics(func() (held, want int) {
 		a.mu.Lock()
 		defer a.mu.Unlock()
@@ -531,17 +535,18 @@ const endedBeforeReply = "the server ended the session before answering the hell
 // hello opens the control stream and registers; the stream stays open for
 // the session's life, and hello returns it.
 func (a *Agent) hello(ctx context.Context, sess Session) (net.Conn, HelloReply, error) {
-	ctrl, err := sess.Open(ctx)
+	h := Hello{Version: ProtocolVersion, Node: a.cfg.NodeName, IPs: a.cfg.NodeIPs,
+		PodCIDRs: a.cfg.PodCIDRs, DefaultRoute: a.cfg.DefaultRoute, Agent: "tunnel-agent", Held: a.heldIDs()}
+	hello, err := appendJSONFrame(nil, frameHello, h)
 	if err != nil {
-		return nil, HelloReply{}, fmt.Errorf("opening the control stream: %w (%s)", err, endedBeforeReply)
+		return nil, HelloReply{}, err
+	}
+	ctrl, err := sess.Open(ctx, hello) // the control stream opens with the hello
+	if err != nil {
+		return nil, HelloReply{}, fmt.Errorf("opening the control stream with the hello: %w (%s)", err, endedBeforeReply)
 	}
 	if d, ok := ctx.Deadline(); ok {
 		ctrl.SetDeadline(d)
-	}
-	h := Hello{Version: ProtocolVersion, Node: a.cfg.NodeName, IPs: a.cfg.NodeIPs,
-		PodCIDRs: a.cfg.PodCIDRs, DefaultRoute: a.cfg.DefaultRoute, Agent: "tunnel-agent", Held: a.heldIDs()}
-	if err := encodeJSONFrame(ctrl, frameHello, h); err != nil {
-		return nil, HelloReply{}, fmt.Errorf("sending hello: %w (%s)", err, endedBeforeReply)
 	}
 	payload, err := readFrame(ctrl, frameHelloReply)
 	if err != nil {

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/hashicorp/yamux"
+	"github.com/tunnel-project/tunnel/tunnel/mux"
 )
 
 // The copy path (DESIGN.md section 5) lives in this file and nowhere else:
@@ -20,7 +20,7 @@ import (
 // means more is waiting: the direction switches to a large buffer, which it
 // keeps while data streams. A read that returns less than a small buffer's
 // worth means the stream has gone quiet: the large buffer goes back to its
-// pool, and a yamux stream also drops its receive buffer (Shrink).
+// pool, and a session stream also drops its receive buffer (Shrink).
 
 // Buffer sizes, measured in benchmarks/results/.
 const (
@@ -40,7 +40,7 @@ type closeWriter interface {
 }
 
 // shrinker is a connection that can release its receive buffer while no
-// data is waiting (*yamux.Stream).
+// data is waiting (*mux.Stream).
 type shrinker interface {
 	Shrink()
 }
@@ -67,12 +67,12 @@ func pipe(a, b net.Conn, aToBCount, bToACount counter) (aToB, bToA int64) {
 }
 
 // copyHalf copies src to dst until EOF or an error, then half-closes dst
-// (on EOF) or closes both (on error).
+// (on EOF) or aborts both (on error).
 func copyHalf(dst, src net.Conn, count counter) int64 {
 	n, err := copyAdaptive(dst, src, count)
 	if err != nil {
-		src.Close()
-		dst.Close()
+		abort(src)
+		abort(dst)
 		return n
 	}
 	if cw, ok := dst.(closeWriter); ok {
@@ -137,6 +137,20 @@ func copyAdaptive(dst io.Writer, src io.Reader, count counter) (n int64, err err
 	}
 }
 
+// resetter is a connection that can end both ways at once, telling the
+// peer it was aborted rather than finished (*mux.Stream: RST, not FIN).
+type resetter interface {
+	Reset() error
+}
+
+// abort ends c after a failure: reset if it can be, else closed.
+func abort(c net.Conn) {
+	if r, ok := c.(resetter); ok {
+		r.Reset()
+	}
+	c.Close()
+}
+
 func eofIsNil(err error) error {
 	if errors.Is(err, io.EOF) {
 		return nil
@@ -157,7 +171,7 @@ func release(bp *[]byte, large bool) {
 // cannot wait that way.
 func readWaiter(src io.Reader) func() error {
 	switch c := src.(type) {
-	case *yamux.Stream:
+	case *mux.Stream:
 		// A zero-length Read blocks until data is buffered or the stream
 		// ends, and consumes nothing (TestReadWaiters pins this down).
 		return func() error { _, err := c.Read(nil); return err }

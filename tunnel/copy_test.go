@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -9,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/tunnel-project/tunnel/tunnel/mux"
 )
 
 // scriptedReader returns the reads of its script in order, each as one
@@ -144,25 +145,25 @@ func TestReadWaiters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, err := yamux.Client(c1, yamuxConfig())
+	client, err := mux.Client(c1, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	server, err := yamux.Server(c2, yamuxConfig())
+	server, err := mux.Server(c2, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer server.Close()
-	out, err := client.OpenStream()
+	out, err := client.Open(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	in, err := server.AcceptStream()
+	in, err := server.Accept(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkWaiter(t, "yamux", out, &streamConn{Conn: in, agent: &agentConn{}})
+	checkWaiter(t, "mux", out, &streamConn{Conn: in, agent: &agentConn{}})
 }
 
 // checkWaiter writes to w and waits on r's waiter.

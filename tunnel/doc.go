@@ -3,7 +3,8 @@
 //
 // A tunnel-agent on every node dials out to a tunnel-server beside
 // kube-apiserver, proves its node identity with a client certificate over
-// mutual TLS 1.3, and keeps one yamux session open (Agent). The server
+// mutual TLS 1.3, and keeps one multiplexed session open (Agent; the
+// session layer, in the yamux wire format, is package tunnel/mux). The server
 // (Server) keeps a routing table from destinations to agents — node names
 // and IPs, pod CIDRs, and a default route — and serves kube-apiserver's
 // egress selector with HTTP CONNECT on a unix socket or on TCP with client
@@ -16,7 +17,7 @@
 // security model are in the project's DESIGN.md. Files:
 //
 //	protocol.go  frames: hello, dial request and response
-//	transport.go the Session interface and its TLS + yamux implementation
+//	transport.go the Session interface and its TLS + mux implementation
 //	server.go    Server: lifecycle, accept loops, Dial
 //	registry.go  agent admission: what a certificate proves
 //	routing.go   destination → agent

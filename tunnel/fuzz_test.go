@@ -149,11 +149,11 @@ func checkAdmitted(t *testing.T, a *agentConn, h Hello, peer Identity, trust boo
 // nothing else.
 type fakeSession struct{ peer Identity }
 
-func (s *fakeSession) Open(context.Context) (net.Conn, error)   { return nil, io.ErrClosedPipe }
-func (s *fakeSession) Accept(context.Context) (net.Conn, error) { return nil, io.ErrClosedPipe }
-func (s *fakeSession) Close() error                             { return nil }
-func (s *fakeSession) Done() <-chan struct{}                    { return nil }
-func (s *fakeSession) Peer() Identity                           { return s.peer }
+func (s *fakeSession) Open(context.Context, []byte) (net.Conn, error) { return nil, io.ErrClosedPipe }
+func (s *fakeSession) Accept(context.Context) (net.Conn, error)       { return nil, io.ErrClosedPipe }
+func (s *fakeSession) Close() error                                   { return nil }
+func (s *fakeSession) Done() <-chan struct{}                          { return nil }
+func (s *fakeSession) Peer() Identity                                 { return s.peer }
 func (s *fakeSession) Ping(context.Context) (time.Duration, error) {
 	return 0, io.ErrClosedPipe
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"sync/atomic"
+
+	"github.com/tunnel-project/tunnel/tunnel/mux"
 )
 
 // Bounds (DESIGN.md section 4): every resource the server holds for someone
@@ -12,19 +14,21 @@ import (
 // log, to the CONNECT client or agent as a status and reason, and in
 // tunnel_server_limit_rejections_total{limit}.
 //
-// Stream windows. yamux (v0.1.2) bounds memory per stream, not per session:
-// a stream's receive buffer holds at most its window, so what one agent
-// session can make the server buffer is streams × window. The server turns
-// SessionWindowBudget into a window with the stream limit:
+// Session memory. What one agent session can make the server buffer is
+// bounded by the session layer (package mux, spec.md "Memory"): every
+// stream starts with the protocol's 256 KiB window, and windows grow, up to
+// the stream window, only from a session-wide budget of further credit. The
+// server sets
 //
-//	window = clamp(SessionWindowBudget / MaxStreamsPerAgent, 256 KiB, 16 MiB)
+//	stream window = clamp(SessionWindowBudget / MaxStreamsPerAgent, 256 KiB, 16 MiB)
+//	session budget = SessionWindowBudget - MaxStreamsPerAgent × 256 KiB
 //
-// 256 KiB is yamux's initial window, below which it will not go; 16 MiB is
-// far past what any link needs. Validate refuses a budget below
-// MaxStreamsPerAgent × 256 KiB instead of exceeding it silently, so that
-// MaxStreamsPerAgent × window ≤ SessionWindowBudget always holds. The
-// window is a ceiling, not a reservation: yamux allocates as data arrives,
-// so idle streams cost nothing. The agent keeps yamux's 1 MiB window.
+// so that a session's dial streams hold at most SessionWindowBudget (plus
+// 256 KiB for each of the few streams an agent may open itself: the
+// control stream and serverAcceptBacklog more). Validate refuses a budget
+// below MaxStreamsPerAgent × 256 KiB instead of exceeding it silently. The
+// budget is a ceiling, not a reservation: memory is taken as data arrives,
+// within 10 % of the bytes buffered, and an idle stream holds none.
 
 // Label values of tunnel_server_limit_rejections_total{limit}.
 const (
@@ -44,7 +48,7 @@ var limitNames = []string{LimitAgents, LimitStreamsPerAgent, LimitPendingDials, 
 	LimitHeaderTimeout, LimitHeaderSize, LimitDialTimeout, LimitAcceptRate, LimitAgentHandshakes, LimitFrontendConns}
 
 const (
-	minStreamWindow = 256 << 10 // yamux's initial stream window, its minimum
+	minStreamWindow = 256 << 10 // the protocol's initial stream window, its minimum
 	maxStreamWindow = 16 << 20
 )
 
@@ -71,6 +75,17 @@ func (c *ServerConfig) validateLimits() error {
 func (c *ServerConfig) streamWindow() uint32 {
 	w := c.SessionWindowBudget / int64(max(c.MaxStreamsPerAgent, 1))
 	return uint32(min(max(w, minStreamWindow), maxStreamWindow))
+}
+
+// sessionConfig returns the session settings of an agent connection from
+// remote: the windows above, and violations logged and counted.
+func (s *Server) sessionConfig(remote string) *mux.Config {
+	c := sessionConfig(s.cfg.KeepaliveTimeout, s.log.With("remote", remote)) // transport.go
+	c.AcceptBacklog = serverAcceptBacklog
+	c.MaxStreamWindow = s.window
+	c.SessionReceiveBudget = max(s.cfg.SessionWindowBudget-int64(s.cfg.MaxStreamsPerAgent)*minStreamWindow, 0)
+	c.OnViolation = func(kind string) { s.metrics.violations.WithLabelValues(kind).Inc() }
+	return c
 }
 
 // gate counts holders of a limited resource.

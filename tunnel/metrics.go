@@ -83,6 +83,7 @@ type serverMetrics struct {
 	frontendVec   *prometheus.CounterVec
 	keepaliveRTT  prometheus.Histogram
 	limits        *prometheus.CounterVec
+	violations    *prometheus.CounterVec // agent sessions ended for what the agent sent (package mux)
 	window        prometheus.Gauge
 	replicas      prometheus.Gauge
 	redundant     prometheus.Counter
@@ -122,6 +123,9 @@ func newServerMetrics(agents func() map[string]int, coverage func() (withAgent, 
 		keepaliveRTT: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tunnel_server_keepalive_rtt_seconds", Help: "Round-trip time of keepalive pings to agents.", Buckets: rttBuckets,
 		}),
+		violations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tunnel_server_session_violations_total", Help: "Agent sessions ended because the agent broke the session protocol or flooded it, by kind (tunnel/mux).",
+		}, []string{"kind"}),
 		limits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tunnel_server_limit_rejections_total", Help: "Agents, dials and requests cut off by a limit, by limit (limits.go).",
 		}, []string{"limit"}),
@@ -161,7 +165,7 @@ func newServerMetrics(agents func() map[string]int, coverage func() (withAgent, 
 
 func (m *serverMetrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.agents, m.registrations, m.rejections, m.streamsOpen,
-		m.dialsVec, m.durationVec, m.bytesVec, m.frontendVec, m.keepaliveRTT, m.limits, m.window,
+		m.dialsVec, m.durationVec, m.bytesVec, m.frontendVec, m.keepaliveRTT, m.limits, m.violations, m.window,
 		m.replicas, m.redundant, m.withAgent, m.known}
 }
 

@@ -49,17 +49,24 @@ var (
 )
 
 // writeFrame writes one frame in a single Write, so that it travels in one
-// yamux data frame.
+// session data frame.
 func writeFrame(w io.Writer, typ byte, payload []byte) error {
-	if len(payload) > maxFramePayload {
-		return errFrameTooLarge
+	buf, err := appendFrame(nil, typ, payload)
+	if err != nil {
+		return err
 	}
-	buf := make([]byte, frameHeaderLen+len(payload))
-	buf[0] = typ
-	binary.BigEndian.PutUint16(buf[1:3], uint16(len(payload)))
-	copy(buf[frameHeaderLen:], payload)
-	_, err := w.Write(buf)
+	_, err = w.Write(buf)
 	return err
+}
+
+// appendFrame appends one frame to b.
+func appendFrame(b []byte, typ byte, payload []byte) ([]byte, error) {
+	if len(payload) > maxFramePayload {
+		return b, errFrameTooLarge
+	}
+	b = append(b, typ, 0, 0)
+	binary.BigEndian.PutUint16(b[len(b)-2:], uint16(len(payload)))
+	return append(b, payload...), nil
 }
 
 // readFrame reads one frame of the wanted type. It reads exactly the frame's
@@ -171,11 +178,21 @@ func decodeGoodbye(payload []byte) string {
 const maxReasonLen = 512
 
 func encodeJSONFrame(w io.Writer, typ byte, v any) error {
-	b, err := json.Marshal(v)
+	b, err := appendJSONFrame(nil, typ, v)
 	if err != nil {
 		return err
 	}
-	return writeFrame(w, typ, b)
+	_, err = w.Write(b)
+	return err
+}
+
+// appendJSONFrame appends a frame whose payload is v in JSON to b.
+func appendJSONFrame(b []byte, typ byte, v any) ([]byte, error) {
+	payload, err := json.Marshal(v)
+	if err != nil {
+		return b, err
+	}
+	return appendFrame(b, typ, payload)
 }
 
 func decodeHello(payload []byte) (Hello, error) {

@@ -40,7 +40,7 @@ func (s *Server) handleAgent(raw net.Conn, registered func()) {
 		return
 	}
 	remote := raw.RemoteAddr().String()
-	sess, err := acceptTLS(ctx, raw, s.agentTLS, s.cfg.KeepaliveTimeout, s.window)
+	sess, err := acceptTLS(ctx, raw, s.agentTLS, s.sessionConfig(remote))
 	if err != nil {
 		s.handshakeLimit(ctx)
 		s.reject(RejectHandshake)

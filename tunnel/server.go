@@ -438,7 +438,8 @@ func (s *Server) dialVia(ctx context.Context, a *agentConn, id uint64, addr stri
 	if d, ok := ctx.Deadline(); ok {
 		timeout = min(timeout, time.Until(d))
 	}
-	st, err := a.sess.Open(ctx)
+	req := appendDialRequest(nil, dialRequest{ID: id, Timeout: timeout, Address: addr})
+	st, err := a.sess.Open(ctx, req) // the stream opens with the request: one write
 	if err != nil {
 		return nil, &DialError{Result: ResultError, Address: addr, Detail: "open stream to agent: " + err.Error()}
 	}
@@ -447,7 +448,7 @@ func (s *Server) dialVia(ctx context.Context, a *agentConn, id uint64, addr stri
 	st.SetDeadline(sent.Add(timeout + answerGrace))
 	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	resp, err := exchangeDial(st, dialRequest{ID: id, Timeout: timeout, Address: addr})
+	resp, err := readDialResponse(st)
 	if err == nil { // the agent answered, whatever the result
 		s.metrics.connectTime.Observe(time.Since(sent).Seconds())
 	}
@@ -457,7 +458,7 @@ func (s *Server) dialVia(ctx context.Context, a *agentConn, id uint64, addr stri
 		err = streamDialError(ctx, err, addr, timeout)
 	}
 	if err != nil {
-		st.Close()
+		abort(st)
 		return nil, err
 	}
 	st.SetDeadline(time.Time{})
@@ -469,10 +470,7 @@ func (s *Server) dialVia(ctx context.Context, a *agentConn, id uint64, addr stri
 // agent's answer before it reports the timeout itself.
 const answerGrace = 2 * time.Second
 
-func exchangeDial(st net.Conn, req dialRequest) (dialResponse, error) {
-	if _, err := st.Write(appendDialRequest(nil, req)); err != nil {
-		return dialResponse{}, err
-	}
+func readDialResponse(st net.Conn) (dialResponse, error) {
 	payload, err := readFrame(st, frameDialResponse)
 	if err != nil {
 		return dialResponse{}, err
@@ -493,9 +491,9 @@ func streamDialError(ctx context.Context, err error, addr string, timeout time.D
 }
 
 // streamConn is a tunneled connection on the server. CloseWrite half-closes
-// (a yamux stream's Close sends FIN and keeps reading; an SSH channel has
-// CloseWrite of its own), and Close releases
-// the stream's place in its agent's load count.
+// (a session stream and an SSH channel both have CloseWrite), Reset aborts
+// (a session stream's RST), and Close releases the stream's place in its
+// agent's load count.
 type streamConn struct {
 	net.Conn
 	agent *agentConn
@@ -509,6 +507,14 @@ func (c *streamConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return c.Conn.Close()
+}
+
+// Reset aborts the stream where the transport can say so (copy.go abort).
+func (c *streamConn) Reset() error {
+	if r, ok := c.Conn.(resetter); ok {
+		return r.Reset()
+	}
+	return nil
 }
 
 // Shrink lets the copy path release the stream's idle receive buffer.

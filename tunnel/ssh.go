@@ -126,9 +126,21 @@ func (s *sshSession) fail() {
 	<-s.done
 }
 
-// Open opens a channel of this end's type; ctx bounds the wait for the
-// peer's confirmation (a channel confirmed after ctx ended is closed).
-func (s *sshSession) Open(ctx context.Context) (net.Conn, error) {
+// Open opens a channel of this end's type and writes first on it; ctx
+// bounds the wait for the peer's confirmation (a channel confirmed after
+// ctx ended is closed).
+func (s *sshSession) Open(ctx context.Context, first []byte) (net.Conn, error) {
+	c, err := s.openCtx(ctx)
+	if err == nil && len(first) > 0 {
+		if _, err = c.Write(first); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, err
+}
+
+func (s *sshSession) openCtx(ctx context.Context) (net.Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}

@@ -239,5 +239,5 @@ func (a *Agent) dialSession(ctx context.Context, addr string) (Session, error) {
 		}
 		return dialSSH(ctx, addr, c, user)
 	}
-	return dialTLS(ctx, addr, a.tls, a.cfg.KeepaliveTimeout)
+	return dialTLS(ctx, addr, a.tls, a.session)
 }

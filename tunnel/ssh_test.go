@@ -284,7 +284,7 @@ func TestSSHRejectsUnexpectedChannels(t *testing.T) {
 	if _, _, err := conn.OpenChannel(sshDialChannel, nil); !isReject(err, ssh.UnknownChannelType) {
 		t.Errorf("dial channel from the agent: %v, want unknown channel type", err)
 	}
-	ctrl, err := sess.Open(context.Background())
+	ctrl, err := sess.Open(context.Background(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,7 +311,7 @@ func isReject(err error, reason ssh.RejectionReason) bool {
 func TestSSHStreamDeadlines(t *testing.T) {
 	checkLeaks(t)
 	srv, agent := sshPair(t)
-	a, err := agent.Open(context.Background()) // the control channel
+	a, err := agent.Open(context.Background(), nil) // the control channel
 	if err != nil {
 		t.Fatal(err)
 	}

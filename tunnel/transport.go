@@ -7,22 +7,24 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/yamux"
-
 	"github.com/tunnel-project/tunnel/certs"
+	"github.com/tunnel-project/tunnel/tunnel/mux"
 )
 
 // Session is one authenticated agent↔server connection that carries many
-// streams. The TLS + yamux transport implements it; other transports (SSH)
-// plug in behind the same interface.
+// streams. The TLS transport (a mux session over TLS 1.3) implements it;
+// other transports (SSH) plug in behind the same interface.
 type Session interface {
-	// Open starts a new stream to the peer.
-	Open(ctx context.Context) (net.Conn, error)
+	// Open starts a new stream to the peer and sends first on it, in the
+	// same write as the open where the transport allows (a dial in one
+	// write).
+	Open(ctx context.Context, first []byte) (net.Conn, error)
 	// Accept waits for the peer to open a stream, or for ctx to end.
 	Accept(ctx context.Context) (net.Conn, error)
 	// Close ends the session and every stream on it at once.
@@ -82,85 +84,86 @@ func identityFromCert(cert *x509.Certificate) Identity {
 	return id
 }
 
-// yamuxConfig returns the yamux settings both ends use (DESIGN.md section 5
-// covers the window size). yamux's own keepalive is off: keepalive.go pings
-// with its own interval and timeout through Session.Ping.
-func yamuxConfig() *yamux.Config {
-	c := yamux.DefaultConfig()
+// sessionConfig returns the session settings of a TLS agent connection
+// (package mux; DESIGN.md section 5 covers the windows): keepalive.go
+// pings with its own interval and timeout through Session.Ping, so writes
+// may take as long as a ping may wait before the session is given up.
+func sessionConfig(pingTimeout time.Duration, log *slog.Logger) *mux.Config {
+	c := mux.DefaultConfig()
+	c.WriteTimeout = max(c.WriteTimeout, pingTimeout+time.Second)
+	c.Logger = log
+	return c
+}
+
+// agentSessionConfig is the agent's side: the server opens a stream per
+// dial, so the backlog is large and SYNs from the server (which the agent
+// has authenticated) may come as fast as its dial rate.
+func agentSessionConfig(pingTimeout time.Duration, log *slog.Logger) *mux.Config {
+	c := sessionConfig(pingTimeout, log)
 	c.AcceptBacklog = 1024
-	c.EnableKeepAlive = false
-	c.MaxStreamWindowSize = 1 << 20
-	c.StreamOpenTimeout = 30 * time.Second
-	c.LogOutput = io.Discard
+	c.StreamLimit = mux.FloodLimit{Rate: 1e6, Burst: 1 << 20}
 	return c
 }
 
 // serverAcceptBacklog bounds the streams an agent may open that the server
 // has not accepted. The server accepts only the control stream, so an
-// agent that opens more can pin at most this many receive windows of
-// memory; yamux resets the rest.
+// agent that opens more can pin at most this many initial windows of
+// memory; the session resets the rest.
 const serverAcceptBacklog = 4
 
-// sessionConfig is yamuxConfig for a session whose keepalive pings wait up
-// to pingTimeout: yamux gives up on a ping after its ConnectionWriteTimeout,
-// so that must not be shorter.
-func sessionConfig(pingTimeout time.Duration) *yamux.Config {
-	c := yamuxConfig()
-	c.ConnectionWriteTimeout = max(c.ConnectionWriteTimeout, pingTimeout+time.Second)
-	return c
-}
-
-// yamuxSession adapts a yamux session to Session.
-type yamuxSession struct {
-	s    *yamux.Session
+// muxSession adapts a mux session to Session.
+type muxSession struct {
+	s    *mux.Session
 	raw  net.Conn // the TCP connection under TLS, closed first when the peer is dead
 	peer Identity
 }
 
-func (y *yamuxSession) Open(ctx context.Context) (net.Conn, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	st, err := y.s.OpenStream()
+func (m *muxSession) Open(ctx context.Context, first []byte) (net.Conn, error) {
+	return m.s.OpenWith(ctx, first)
+}
+
+func (m *muxSession) Accept(ctx context.Context) (net.Conn, error) {
+	st, err := m.s.Accept(ctx)
 	if err != nil {
 		return nil, err
 	}
 	return st, nil
 }
 
-func (y *yamuxSession) Accept(ctx context.Context) (net.Conn, error) {
-	st, err := y.s.AcceptStreamWithContext(ctx)
+func (m *muxSession) Close() error          { return m.s.Close() }
+func (m *muxSession) Done() <-chan struct{} { return m.s.Done() }
+func (m *muxSession) Peer() Identity        { return m.peer }
+
+// Ping measures the round trip; a ping that fails or times out aborts the
+// session (keepalive.go).
+func (m *muxSession) Ping(ctx context.Context) (time.Duration, error) {
+	rtt, err := m.s.Ping(ctx)
 	if err != nil {
-		return nil, err
+		m.abort()
+		if ctx.Err() != nil {
+			return 0, context.Cause(ctx)
+		}
 	}
-	return st, nil
-}
-
-func (y *yamuxSession) Close() error          { return y.s.Close() }
-func (y *yamuxSession) Done() <-chan struct{} { return y.s.CloseChan() }
-func (y *yamuxSession) Peer() Identity        { return y.peer }
-
-func (y *yamuxSession) Ping(ctx context.Context) (time.Duration, error) {
-	return pingWithin(ctx, y.s.Ping, y.abort)
+	return rtt, err
 }
 
 // abort closes a session whose peer is gone. Closing the TCP connection
 // first keeps TLS from waiting to send its close alert into a dead network.
-func (y *yamuxSession) abort() {
-	y.raw.Close()
-	y.s.Close()
+func (m *muxSession) abort() {
+	m.raw.Close()
+	m.s.Close()
 }
 
 // dialTLS connects an agent to the server at addr: TCP, TLS 1.3 with the
-// agent's client certificate, then a yamux session on which the server opens
-// streams.
-func dialTLS(ctx context.Context, addr string, cfg *tls.Config, pingTimeout time.Duration) (Session, error) {
+// agent's client certificate, then a session (mcfg) on which the server
+// opens streams.
+func dialTLS(ctx context.Context, addr string, cfg *tls.Config, mcfg *mux.Config) (Session, error) {
 	var d net.Dialer
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	conn := newFrameWriter(raw, cfg, tls.Client)
+	conn := newBatchedTLS(raw, cfg, tls.Client)
 	if err := conn.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
@@ -168,7 +171,7 @@ func dialTLS(ctx context.Context, addr string, cfg *tls.Config, pingTimeout time
 		}
 		return nil, fmt.Errorf("tls handshake with %s: %w", addr, err)
 	}
-	s, err := yamux.Client(conn, sessionConfig(pingTimeout))
+	s, err := mux.Client(conn, mcfg)
 	if err != nil {
 		conn.Close()
 		return nil, err
@@ -177,14 +180,14 @@ func dialTLS(ctx context.Context, addr string, cfg *tls.Config, pingTimeout time
 	if pc := conn.ConnectionState().PeerCertificates; len(pc) > 0 {
 		peer = identityFromCert(pc[0])
 	}
-	return &yamuxSession{s: s, raw: raw, peer: peer}, nil
+	return &muxSession{s: s, raw: raw, peer: peer}, nil
 }
 
 // acceptTLS completes the server side of an agent connection: the TLS
-// handshake (which verifies the client certificate) within ctx, then yamux
-// with each stream's receive window at most window bytes (limits.go).
-func acceptTLS(ctx context.Context, raw net.Conn, cfg *tls.Config, pingTimeout time.Duration, window uint32) (Session, error) {
-	conn := newFrameWriter(raw, cfg, tls.Server)
+// handshake (which verifies the client certificate) within ctx, then a
+// session (mcfg; limits.go sets its windows).
+func acceptTLS(ctx context.Context, raw net.Conn, cfg *tls.Config, mcfg *mux.Config) (Session, error) {
+	conn := newBatchedTLS(raw, cfg, tls.Server)
 	if err := conn.HandshakeContext(ctx); err != nil {
 		return nil, fmt.Errorf("tls handshake: %w", err)
 	}
@@ -192,14 +195,11 @@ func acceptTLS(ctx context.Context, raw net.Conn, cfg *tls.Config, pingTimeout t
 	if err != nil {
 		return nil, err
 	}
-	ycfg := sessionConfig(pingTimeout)
-	ycfg.AcceptBacklog = serverAcceptBacklog
-	ycfg.MaxStreamWindowSize = window
-	s, err := yamux.Server(conn, ycfg)
+	s, err := mux.Server(conn, mcfg)
 	if err != nil {
 		return nil, err
 	}
-	return &yamuxSession{s: s, raw: raw, peer: identityFromCert(leaf)}, nil
+	return &muxSession{s: s, raw: raw, peer: identityFromCert(leaf)}, nil
 }
 
 // strictAgentTLS returns a copy of cfg that forces what the agent port

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/tunnel-project/tunnel/tunnel/mux"
 )
 
 // recordingDial returns a Dial hook that notes which agent dialed what, and
@@ -392,7 +392,7 @@ func TestServerResetsStreamsAgentsOpen(t *testing.T) {
 	cfg := h.agentConfig("node-a")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	sess, err := dialTLS(ctx, h.agentAddr, cfg.TLS, time.Second)
+	sess, err := dialTLS(ctx, h.agentAddr, cfg.TLS, agentSessionConfig(time.Second, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -400,14 +400,13 @@ func TestServerResetsStreamsAgentsOpen(t *testing.T) {
 	const opened = 20
 	reset := 0
 	for i := range opened {
-		st, err := sess.Open(ctx)
+		st, err := sess.Open(ctx, []byte("x"))
 		if err != nil {
 			t.Fatalf("open stream %d: %v", i, err)
 		}
 		defer st.Close()
-		st.Write([]byte("x"))
 		st.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-		if _, err := st.Read(make([]byte, 1)); errors.Is(err, yamux.ErrConnectionReset) {
+		if _, err := st.Read(make([]byte, 1)); errors.Is(err, mux.ErrStreamReset) {
 			reset++
 		}
 	}

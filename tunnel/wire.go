@@ -2,27 +2,18 @@ package tunnel
 
 import (
 	"crypto/tls"
-	"encoding/binary"
 	"net"
 	"sync"
 )
 
-// The connection under a yamux session is layered for throughput
-// (DESIGN.md section 5, measured in benchmarks/results/):
+// The connection under a session is layered for throughput (DESIGN.md
+// section 5, measured in benchmarks/results/):
 //
-//	yamux → frameWriter → *tls.Conn → batchConn → *net.TCPConn
+//	mux.Session → batchedTLS → *tls.Conn → batchConn → *net.TCPConn
 //
-// yamux writes each data frame as two Writes, its 12-byte header and then
-// its body. frameWriter holds such a header back and hands both to TLS
-// together, and batchConn gathers the TLS records of that pair into one
+// The session writes whole frames, all that are waiting, in one Write;
+// batchedTLS makes batchConn gather the TLS records of that Write into one
 // write system call instead of one per 16 KiB record.
-
-// yamux header layout (yamux spec.md): version, type, flags, stream ID,
-// length; type 0 is a data frame.
-const (
-	yamuxHeaderLen = 12
-	yamuxTypeData  = 0
-)
 
 // batchConn gathers writes between begin and end into one system call.
 // Writes outside a batch (TLS alerts, key updates) go straight through;
@@ -79,7 +70,7 @@ func (b *batchConn) end() error {
 // buffer means more is waiting, so the next read goes into a pooled
 // readBufSize buffer, which returns to its pool as soon as TLS has taken
 // every byte of it. Reads ahead continue while each brings at least a
-// quarter of a buffer. Only yamux's receive loop reads, so no lock.
+// quarter of a buffer. Only the session's read loop reads, so no lock.
 type readAhead struct {
 	bp   *[]byte // pooled buffer holding buf[r:w]; nil when empty
 	r, w int
@@ -127,38 +118,25 @@ const maxBatchKeep = 256 << 10
 
 var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
 
-// frameWriter is the connection yamux writes to. yamux calls Write from its
-// single send goroutine only, so held needs no lock.
-type frameWriter struct {
+// batchedTLS is the connection a session writes to: a TLS connection each
+// of whose Writes leaves in one write system call. Its NetConn is the
+// batchConn, so a session that closes it first closes the TCP connection.
+type batchedTLS struct {
 	*tls.Conn
-	raw  *batchConn
-	hdr  [yamuxHeaderLen]byte
-	held bool
+	raw *batchConn
 }
 
-// newFrameWriter layers a TLS connection over raw for yamux; wrap is
-// tls.Client or tls.Server.
-func newFrameWriter(raw net.Conn, cfg *tls.Config, wrap func(net.Conn, *tls.Config) *tls.Conn) *frameWriter {
+// newBatchedTLS layers a TLS connection over raw; wrap is tls.Client or
+// tls.Server.
+func newBatchedTLS(raw net.Conn, cfg *tls.Config, wrap func(net.Conn, *tls.Config) *tls.Conn) *batchedTLS {
 	b := &batchConn{Conn: raw}
-	return &frameWriter{Conn: wrap(b, cfg), raw: b}
+	return &batchedTLS{Conn: wrap(b, cfg), raw: b}
 }
 
-func (w *frameWriter) Write(p []byte) (int, error) {
-	if !w.held && len(p) == yamuxHeaderLen && p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:]) > 0 {
-		copy(w.hdr[:], p) // the body follows at once: send them together
-		w.held = true
-		return len(p), nil
-	}
-	w.raw.begin()
-	if w.held {
-		w.held = false
-		if _, err := w.Conn.Write(w.hdr[:]); err != nil {
-			w.raw.end()
-			return 0, err
-		}
-	}
-	n, err := w.Conn.Write(p)
-	if ferr := w.raw.end(); err == nil {
+func (c *batchedTLS) Write(p []byte) (int, error) {
+	c.raw.begin()
+	n, err := c.Conn.Write(p)
+	if ferr := c.raw.end(); err == nil {
 		err = ferr
 	}
 	return n, err

@@ -1,0 +1,334 @@
+package mux
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+)
+
+// The write path has no send goroutine. A goroutine that has a frame to send
+// copies it (header and body together) into the pending batch. If no one is
+// writing, it takes the writer role and writes the batch to the connection
+// itself, in one Write. If someone is, it leaves the frame: when the write in
+// flight ends, the waiting callers wake and one of them writes the whole
+// pending batch, every frame that piled up meanwhile, in one Write. A caller
+// returns once the batch holding its frame is written (or the session ends).
+// Frames nobody waits for (control frames: window updates, pongs, RSTs) are
+// written by whoever holds the role when they are queued, before it lets go.
+//
+// The read loop never writes: a frame it must send (a pong, an RST for a
+// refused stream) goes to the current writer, or, when there is none, to a
+// short-lived flusher goroutine that takes the writer role, writes and exits.
+// At most one exists at a time, because it holds the role. Writing from the
+// read loop itself could deadlock two peers whose read loops each wait for
+// the other to read (net.Pipe, or TCP with both directions' buffers full).
+
+// maxPendingPongs bounds the ping answers waiting for a writer; a peer that
+// pings faster than we can answer loses the excess answers (and soon hits
+// Config.PingLimit).
+const maxPendingPongs = 16
+
+// goAwayTimeout bounds the best-effort go away written when a session ends.
+const goAwayTimeout = 250 * time.Millisecond
+
+// maxPooledBatch is the largest batch buffer kept for reuse.
+const maxPooledBatch = 1 << 20
+
+var batchPool = sync.Pool{New: func() any { return &batch{buf: make([]byte, 0, 64<<10)} }}
+
+// batch is a run of encoded frames written to the connection in one Write.
+// Batches are pooled: the last of the writer and the batch's waiters to let
+// go of it puts it back.
+type batch struct {
+	buf     []byte
+	done    chan struct{} // closed once written; made when someone waits
+	written bool
+	err     error
+	waiters int // callers that wait for this batch and will write it if need be
+	pongs   int
+}
+
+// recycle puts b back in the pool once it is written and no one waits.
+func (b *batch) recycle() {
+	if !b.written || b.waiters > 0 {
+		return
+	}
+	buf := b.buf[:0]
+	if cap(buf) > maxPooledBatch {
+		buf = nil
+	}
+	*b = batch{buf: buf}
+	batchPool.Put(b)
+}
+
+func (b *batch) doneChan() <-chan struct{} {
+	if b.done == nil {
+		b.done = make(chan struct{})
+	}
+	return b.done
+}
+
+// writer is a session's write side (see the comment at the top of the file).
+type writer struct {
+	conn     net.Conn
+	timeout  time.Duration // Config.WriteTimeout
+	maxBatch int           // pending bytes beyond which data senders wait
+	maxFrame int           // Config.MaxFrame
+	dead     <-chan struct{}
+	deadErr  func() error // the session's error once dead is closed
+	fail     func(error)  // ends the session after a write error
+
+	mu       sync.Mutex
+	writing  bool   // someone holds the writer role
+	inflight *batch // the batch being written (non-nil while writing, except at close)
+	pending  *batch // frames waiting for the next write
+	err      error  // once set, nothing more is written
+	failErr  error  // a write error to report through fail once unlocked
+	flushers sync.WaitGroup
+
+	// Touched only by the holder of the writer role.
+	noDeadline bool      // the connection refused SetWriteDeadline
+	refreshAt  time.Time // when the write deadline needs moving again
+}
+
+// unlock releases w.mu and then reports a write failure found under it.
+func (w *writer) unlock() {
+	err := w.failErr
+	w.failErr = nil
+	w.mu.Unlock()
+	if err != nil {
+		w.fail(err)
+	}
+}
+
+// sendData sends p on stream id as data frames of at most maxFrame bytes,
+// the first with flags, and returns once they are written.
+func (w *writer) sendData(id uint32, flags uint16, p []byte) error {
+	if len(p) == 0 {
+		return nil
+	}
+	frames := (len(p) + w.maxFrame - 1) / w.maxFrame
+	w.mu.Lock()
+	if err := w.roomLocked(len(p) + frames*headerSize); err != nil {
+		w.unlock()
+		return err
+	}
+	var b *batch
+	for len(p) > 0 {
+		n := min(len(p), w.maxFrame)
+		h := makeHeader(typeData, flags, id, uint32(n))
+		b = w.appendLocked(&h, p[:n])
+		p, flags = p[n:], 0
+	}
+	b.waiters++
+	return w.waitLocked(b)
+}
+
+// post queues a control frame and writes it at once if no one is writing,
+// else leaves it to the writer. It does not wait for a writer in flight.
+func (w *writer) post(h *header) error {
+	w.mu.Lock()
+	if w.err == nil {
+		w.appendLocked(h, nil)
+		if !w.writing {
+			w.runLocked(w.takeLocked())
+		}
+	}
+	err := w.err
+	w.unlock()
+	return err
+}
+
+// postFromLoop queues a frame from the read loop, which must never block on
+// the connection: the frame goes to the writer in flight or to a new
+// flusher. A pong beyond maxPendingPongs is dropped.
+func (w *writer) postFromLoop(h *header, pong bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil || (pong && w.pending != nil && w.pending.pongs >= maxPendingPongs) {
+		return
+	}
+	b := w.appendLocked(h, nil)
+	if pong {
+		b.pongs++
+	}
+	if !w.writing {
+		w.flushers.Add(1)
+		go w.flusher(w.takeLocked())
+	}
+}
+
+// flusher writes frames the read loop queued while no one was writing.
+func (w *writer) flusher(b *batch) {
+	defer w.flushers.Done()
+	w.mu.Lock()
+	w.runLocked(b)
+	w.unlock()
+}
+
+// roomLocked waits until the pending batch can take n more bytes (an empty
+// batch takes anything), writing the pending batch itself if no one is.
+func (w *writer) roomLocked(n int) error {
+	for {
+		switch {
+		case w.err != nil:
+			return w.err
+		case w.pending == nil || len(w.pending.buf)+n <= w.maxBatch:
+			return nil
+		case !w.writing:
+			w.runLocked(w.takeLocked())
+		default:
+			if err := w.awaitLocked(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// waitLocked waits until b is written, taking the writer role when the
+// connection is free and b is next. It releases w.mu.
+func (w *writer) waitLocked(b *batch) error {
+	err := w.waitWrittenLocked(b)
+	b.waiters--
+	b.recycle()
+	w.unlock()
+	return err
+}
+
+func (w *writer) waitWrittenLocked(b *batch) error {
+	for !b.written && w.err == nil {
+		if !w.writing {
+			w.runLocked(w.takeLocked()) // b is the pending batch
+			continue
+		}
+		if err := w.awaitLocked(); err != nil {
+			return err
+		}
+	}
+	if b.err != nil || !b.written {
+		return w.err
+	}
+	return nil
+}
+
+// awaitLocked waits for the write in flight to end, releasing w.mu meanwhile.
+// Frames already queued were copied, so returning early at the session's end
+// leaves no one reading a caller's buffer.
+func (w *writer) awaitLocked() error {
+	ch := w.inflight.doneChan()
+	w.unlock()
+	select {
+	case <-ch:
+		w.mu.Lock()
+		return nil
+	case <-w.dead:
+		err := w.deadErr()
+		w.mu.Lock()
+		return err
+	}
+}
+
+// appendLocked encodes a frame onto the pending batch.
+func (w *writer) appendLocked(h *header, body []byte) *batch {
+	b := w.pending
+	if b == nil {
+		b = batchPool.Get().(*batch)
+		w.pending = b
+	}
+	b.buf = append(append(b.buf, h[:]...), body...)
+	return b
+}
+
+// takeLocked takes the writer role and puts the pending batch in flight.
+func (w *writer) takeLocked() *batch {
+	b := w.pending
+	w.pending, w.inflight, w.writing = nil, b, true
+	return b
+}
+
+// runLocked writes b, which is in flight, then keeps writing while the next
+// pending batch has no waiter to write it. It returns without the role,
+// handing the connection to the next batch's waiters, who the end of b
+// wakes. Called and returns with w.mu held; drops it while writing.
+func (w *writer) runLocked(b *batch) {
+	for {
+		w.mu.Unlock()
+		err := w.write(b.buf)
+		w.mu.Lock()
+		w.finishLocked(b, err)
+		if w.err != nil || w.pending == nil || w.pending.waiters > 0 {
+			w.writing = false
+			return
+		}
+		b = w.takeLocked()
+	}
+}
+
+// finishLocked records the end of the write of b and wakes its waiters.
+func (w *writer) finishLocked(b *batch, err error) {
+	w.inflight = nil
+	b.written, b.err = true, err
+	if b.done != nil {
+		close(b.done)
+	}
+	if err != nil && w.err == nil {
+		w.err, w.failErr = err, err
+	}
+	b.recycle()
+}
+
+// write writes buf to the connection in one Write, within the write timeout.
+func (w *writer) write(buf []byte) error {
+	w.extendDeadline()
+	_, err := w.conn.Write(buf)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return fmt.Errorf("%w after %v: %w", ErrWriteTimeout, w.timeout, err)
+	}
+	return fmt.Errorf("%w: write: %w", ErrConnLost, err)
+}
+
+// extendDeadline moves the connection's write deadline to now+timeout when a
+// quarter of the timeout has passed since it was last moved, so every write
+// gets at least three quarters of it without a call per write.
+func (w *writer) extendDeadline() {
+	if w.noDeadline {
+		return
+	}
+	now := time.Now()
+	if now.Before(w.refreshAt) {
+		return
+	}
+	if err := w.conn.SetWriteDeadline(now.Add(w.timeout)); err != nil {
+		w.noDeadline = true
+		return
+	}
+	w.refreshAt = now.Add(w.timeout / 4)
+}
+
+// close stops all writing with err. If the connection is free and goAway is
+// set, it first writes goAway within goAwayTimeout, best effort. It reports
+// whether the connection looks stuck (a write in flight, or the go away
+// failed), in which case TLS should not try to send its own close alert.
+func (w *writer) close(err error, goAway *header) (stuck bool) {
+	w.mu.Lock()
+	if w.err == nil {
+		w.err = err
+	}
+	busy := w.writing
+	w.writing = true // the role is never released again
+	w.mu.Unlock()
+	if busy || goAway == nil {
+		return busy
+	}
+	if w.conn.SetWriteDeadline(time.Now().Add(goAwayTimeout)) != nil {
+		return false // without a deadline the write could hang: skip it
+	}
+	_, werr := w.conn.Write(goAway[:])
+	return werr != nil
+}
