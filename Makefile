@@ -94,12 +94,10 @@ bench-ha:
 # of it also runs in test-e2e; this is the quick way to check deploy/ edits.
 # The attack suite against the real binaries (e2e/attack, README "Threat
 # model"): `make test` runs it short; this runs the floods longer and
-# larger. ATTACK_FLAGS=-attack.session13 adds the attacks on the session
-# layer's own bounds.
-ATTACK_FLAGS ?=
+# larger.
 .PHONY: attack
 attack:
-	cd e2e && $(GO) test -race -count=1 -v -timeout 20m ./attack/ -attack.long $(ATTACK_FLAGS)
+	cd e2e && $(GO) test -race -count=1 -v -timeout 20m ./attack/ -attack.long
 
 .PHONY: deploy-check
 deploy-check:

@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"errors"
 	"io"
 	"net"
 	"sync"
@@ -151,8 +150,12 @@ func abort(c net.Conn) {
 	c.Close()
 }
 
+// eofIsNil returns nil for a clean end of input: io.EOF itself, as Read
+// returns it. A wrapped io.EOF is a failure that happened to read EOF (a
+// session whose connection ended under the stream) and stays an error, so
+// the other direction is aborted instead of left half-open.
 func eofIsNil(err error) error {
-	if errors.Is(err, io.EOF) {
+	if err == io.EOF {
 		return nil
 	}
 	return err

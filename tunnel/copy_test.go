@@ -3,9 +3,11 @@ package tunnel
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -200,5 +202,23 @@ func checkWaiter(t *testing.T, name string, w, r net.Conn) {
 	}
 	if n, err := r.Read(got); n != 0 || err != io.EOF {
 		t.Fatalf("%s: read after the wait at EOF: %d, %v; want EOF", name, n, err)
+	}
+}
+
+// wrappedEOF is a reader whose input ends in failure: a session whose
+// connection ended under a stream wraps io.EOF in its error.
+type wrappedEOF struct{}
+
+func (wrappedEOF) Read([]byte) (int, error) { return 0, fmt.Errorf("connection lost: %w", io.EOF) }
+
+// TestCopyWrappedEOFIsAFailure: only io.EOF itself is a clean end, which
+// half-closes; a wrapped one aborts both directions, so a tunnel whose agent
+// died is not left half-open behind a client that keeps its side open.
+func TestCopyWrappedEOFIsAFailure(t *testing.T) {
+	if _, err := copyAdaptive(io.Discard, wrappedEOF{}, nil); err == nil {
+		t.Fatal("a wrapped io.EOF ended the copy cleanly")
+	}
+	if _, err := copyAdaptive(io.Discard, strings.NewReader("x"), nil); err != nil {
+		t.Fatalf("io.EOF: %v", err)
 	}
 }

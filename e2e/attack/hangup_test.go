@@ -219,12 +219,9 @@ func streams(srv *server, ag *agent) streamCounts {
 }
 
 // expectStreamsClosed requires both ends' stream gauges to return to what
-// they were before (a tunnel opened and hung up) within d. The agent's
-// side needs the session layer of issue 13 when the hang-up came
-// mid-transfer: hashicorp/yamux has no stream reset, so an agent writing
-// toward a stream the server closed blocks on the stream window until
-// yamux's 5-minute stream close timeout (PROTOCOL.md, "Failure"); without
-// -attack.session13 that alone skips the subtest, after every other check.
+// they were before (a tunnel opened and hung up) within d. Mid-transfer,
+// the agent's side closes because the server resets the stream
+// (PROTOCOL.md, "Failure").
 func expectStreamsClosed(t *testing.T, srv *server, ag *agent, before streamCounts, d time.Duration) {
 	t.Helper()
 	took, ok := within(d, func() bool { return metric(srv.adminAddr, "tunnel_server_streams_open") <= before.server })
@@ -239,13 +236,8 @@ func expectStreamsClosed(t *testing.T, srv *server, ag *agent, before streamCoun
 		t.Logf("agent's stream closed %s after the hang-up", took.Round(time.Millisecond))
 		return
 	}
-	msg := fmt.Sprintf("agent's stream still open %s after the hang-up: tunnel_agent_streams_open %v, before the tunnel %v",
+	t.Errorf("agent's stream still open %s after the hang-up: tunnel_agent_streams_open %v, before the tunnel %v",
 		d, metric(ag.adminAddr, "tunnel_agent_streams_open"), before.agent)
-	if session13() {
-		t.Error(msg)
-		return
-	}
-	t.Skipf("needs the session layer of issue 13 (no stream reset in hashicorp/yamux: %s); run with -attack.session13 or TUNNEL_ATTACK_SESSION13=1", msg)
 }
 
 // synSentTo counts the TCP sockets on this host (the agent's, here) that

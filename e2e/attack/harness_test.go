@@ -10,11 +10,8 @@
 // package in well under three minutes on a loaded two-core machine, -race
 // on the test binary); -attack.long (make target) floods longer and harder.
 //
-// Attacks that fail today only because the session layer (hashicorp/yamux)
-// starts a goroutine per ping are skipped unless -attack.session13 is given
-// or TUNNEL_ATTACK_SESSION13=1 is set: they need the session layer of
-// issue 13. TUNNEL_ATTACK_BIN_DIR=DIR attacks the binaries in DIR instead
-// of building the working tree.
+// TUNNEL_ATTACK_BIN_DIR=DIR attacks the binaries in DIR instead of
+// building the working tree (to compare with an older build).
 //
 // This file is the process side of the harness: flags, the binaries,
 // certificates, processes and their admin listeners, and the resource
@@ -59,23 +56,7 @@ import (
 var (
 	longRun = flag.Bool("attack.long", false,
 		"attack longer and harder (floods of tens of seconds, a million pings); the make target passes it")
-	session13Flag = flag.Bool("attack.session13", false,
-		"also run the attacks that need the session layer of issue 13 (same as TUNNEL_ATTACK_SESSION13=1)")
 )
-
-// session13 reports whether the attacks that need the replacement session
-// layer (issue 13) should run.
-func session13() bool {
-	return *session13Flag || os.Getenv("TUNNEL_ATTACK_SESSION13") == "1"
-}
-
-// needSession13 skips t unless the issue-13 attacks were asked for.
-func needSession13(t *testing.T, why string) {
-	t.Helper()
-	if !session13() {
-		t.Skipf("needs the session layer of issue 13 (%s); run with -attack.session13 or TUNNEL_ATTACK_SESSION13=1", why)
-	}
-}
 
 // pick returns short, or long under -attack.long.
 func pick[T any](short, long T) T {

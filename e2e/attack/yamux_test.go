@@ -39,25 +39,23 @@ func TestHostileYamux(t *testing.T) {
 	evil := cs.agentPair(t, nodeEvil)
 	cfg := cs.clientTLS(&evil)
 	n := pick(100_000, 1_000_000)
-	const pingWhy = "hashicorp/yamux starts a goroutine per ping"
 
 	// The server closes a session with TLS's close_notify, whose write may
 	// wait up to 5 s for a peer that does not read (crypto/tls).
 	closeBound := handshakeTimeout + 5*time.Second + 2*time.Second
 	cases := []struct {
 		name       string
-		needs13    string // why it needs the session layer of issue 13, if it does
-		registered bool   // send a valid hello (node-evil) before the attack
+		registered bool // send a valid hello (node-evil) before the attack
 		frames     func() []byte
 		mustClose  bool // the server must end the session within closeBound
 	}{
-		{"ping flood before the hello", pingWhy, false, func() []byte {
+		{"ping flood before the hello", false, func() []byte {
 			return repeatFrames(n, func(i int) []byte { return yHeader(yPing, ySYN, 0, uint32(i)) })
 		}, true},
-		{"ping flood after the hello", pingWhy, true, func() []byte {
+		{"ping flood after the hello", true, func() []byte {
 			return repeatFrames(n, func(i int) []byte { return yHeader(yPing, ySYN, 0, uint32(i)) })
 		}, false},
-		{"window-update flood", "", false, func() []byte {
+		{"window-update flood", false, func() []byte {
 			b := yHeader(yWindowUpdate, ySYN, controlStream, 0)
 			return append(b, repeatFrames(n, func(i int) []byte {
 				if i%2 == 0 {
@@ -66,55 +64,52 @@ func TestHostileYamux(t *testing.T) {
 				return yHeader(yWindowUpdate, 0, uint32(1001+2*i), 0x7fffffff)
 			})...)
 		}, true},
-		{"window-update flood after the hello", "", true, func() []byte {
+		{"window-update flood after the hello", true, func() []byte {
 			return repeatFrames(n, func(i int) []byte { return yHeader(yWindowUpdate, 0, controlStream, 0x7fffffff) })
 		}, false},
-		{"SYN flood", "", false, func() []byte {
+		{"SYN flood", false, func() []byte {
 			return repeatFrames(n, func(i int) []byte { return yHeader(yWindowUpdate, ySYN, uint32(1+2*i), 0) })
 		}, true},
-		{"SYN flood after the hello", "", true, func() []byte {
+		{"SYN flood after the hello", true, func() []byte {
 			return repeatFrames(n, func(i int) []byte { return yHeader(yWindowUpdate, ySYN, uint32(3+2*i), 0) })
 		}, false},
-		{"SYN flood on the server's stream IDs", "", false, func() []byte {
+		{"SYN flood on the server's stream IDs", false, func() []byte {
 			return repeatFrames(n, func(i int) []byte { return yHeader(yWindowUpdate, ySYN, uint32(2+2*i), 0) })
 		}, true},
-		{"duplicate SYN for one stream", "", false, func() []byte {
+		{"duplicate SYN for one stream", false, func() []byte {
 			return repeatFrames(n, func(i int) []byte { return yHeader(yWindowUpdate, ySYN, controlStream, 0) })
 		}, true},
-		{"RST flood for streams that do not exist", "", false, func() []byte {
+		{"RST flood for streams that do not exist", false, func() []byte {
 			return repeatFrames(n, func(i int) []byte { return yHeader(yWindowUpdate, yRST, uint32(7+2*i), 0) })
 		}, true},
-		{"data for streams that do not exist", "", false, func() []byte {
+		{"data for streams that do not exist", false, func() []byte {
 			payload := bytes.Repeat([]byte{0xAA}, 1024)
 			return repeatFrames(n/10, func(i int) []byte {
 				return append(yHeader(yData, 0, uint32(1001+i), uint32(len(payload))), payload...)
 			})
 		}, true},
-		{"data beyond the receive window", "", false, func() []byte {
+		{"data beyond the receive window", false, func() []byte {
 			payload := bytes.Repeat([]byte{0xBB}, 4*yInitWindow)
 			b := yHeader(yWindowUpdate, ySYN, controlStream, 0)
 			b = append(b, yHeader(yData, 0, controlStream, uint32(len(payload)))...)
 			return append(b, payload...)
 		}, true},
-		{"data frame announcing 4 GiB", "", false, func() []byte {
+		{"data frame announcing 4 GiB", false, func() []byte {
 			return append(yHeader(yData, 0, 1001, 0xffffffff), bytes.Repeat([]byte{0xCC}, 64<<10)...)
 		}, true},
-		{"garbage header (version 0xff)", "", false, func() []byte {
+		{"garbage header (version 0xff)", false, func() []byte {
 			return bytes.Repeat([]byte{0xff}, 4096)
 		}, true},
-		{"unknown frame type", "", false, func() []byte {
+		{"unknown frame type", false, func() []byte {
 			return yHeader(9, 0, controlStream, 0)
 		}, true},
-		{"go away, then a ping flood", pingWhy, false, func() []byte {
+		{"go away, then a ping flood", false, func() []byte {
 			b := yHeader(yGoAway, 0, 0, 0)
 			return append(b, repeatFrames(n, func(i int) []byte { return yHeader(yPing, ySYN, 0, uint32(i)) })...)
 		}, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.needs13 != "" {
-				needSession13(t, tc.needs13)
-			}
 			base := baseline(t, srv.adminAddr)
 			p, err := dialRaw(srv.agentAddr, cfg, 4096)
 			if err != nil {
