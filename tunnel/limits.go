@@ -82,6 +82,7 @@ func (c *ServerConfig) streamWindow() uint32 {
 func (s *Server) sessionConfig(remote string) *mux.Config {
 	c := sessionConfig(s.cfg.KeepaliveTimeout, s.log.With("remote", remote)) // transport.go
 	c.AcceptBacklog = serverAcceptBacklog
+	c.OpenBacklog = agentAcceptBacklog // dials waiting for the agent's ACK
 	c.MaxStreamWindow = s.window
 	c.SessionReceiveBudget = max(s.cfg.SessionWindowBudget-int64(s.cfg.MaxStreamsPerAgent)*minStreamWindow, 0)
 	c.OnViolation = func(kind string) { s.metrics.violations.WithLabelValues(kind).Inc() }

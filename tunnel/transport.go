@@ -100,10 +100,14 @@ func sessionConfig(pingTimeout time.Duration, log *slog.Logger) *mux.Config {
 // has authenticated) may come as fast as its dial rate.
 func agentSessionConfig(pingTimeout time.Duration, log *slog.Logger) *mux.Config {
 	c := sessionConfig(pingTimeout, log)
-	c.AcceptBacklog = 1024
+	c.AcceptBacklog = agentAcceptBacklog
 	c.StreamLimit = mux.FloodLimit{Rate: 1e6, Burst: 1 << 20}
 	return c
 }
+
+// agentAcceptBacklog bounds the dials an agent has been sent and not yet
+// taken up; the server opens at most this many before their ACKs return.
+const agentAcceptBacklog = 1024
 
 // serverAcceptBacklog bounds the streams an agent may open that the server
 // has not accepted. The server accepts only the control stream, so an

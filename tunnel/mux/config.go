@@ -12,10 +12,15 @@ import (
 type Config struct {
 	// AcceptBacklog is how many streams the peer may open that Accept has
 	// not yet returned; a SYN beyond it is answered with RST at once and
-	// costs nothing more. It also caps how many of this side's Opens may wait
-	// for the peer's ACK at a time (Open blocks beyond it), on the assumption
-	// that the peer's backlog is the same. Default 256.
+	// costs nothing more. Default 256.
 	AcceptBacklog int
+
+	// OpenBacklog is how many of this side's opens may wait for the peer's
+	// ACK at a time; Open blocks beyond it. Match it to the peer's
+	// AcceptBacklog: opens beyond that are reset by the peer, and fewer cap
+	// the open rate at OpenBacklog per round trip. (hashicorp/yamux ties
+	// both to its one AcceptBacklog.) Default 256, yamux's default backlog.
+	OpenBacklog int
 
 	// MaxStreamWindow is the largest receive window, in bytes, a stream
 	// grows to. Windows start at the protocol's 256 KiB and double each time
@@ -64,8 +69,9 @@ type Config struct {
 	EmptyFrameLimit FloodLimit
 
 	// OnViolation, if set, is called once with the Kind when the session
-	// ends because of a ProtocolError. It runs on the session's read loop
-	// after the session has ended, so it must return quickly. Default nil.
+	// ends because of a ProtocolError, for the caller to log and count. It
+	// runs on the session's read loop after the session has ended (Close may
+	// already have returned), so it must return quickly. Default nil.
 	OnViolation func(kind string)
 
 	// Logger receives the session's few log lines (its end, violations).
@@ -86,6 +92,7 @@ type FloodLimit struct {
 func DefaultConfig() *Config {
 	return &Config{
 		AcceptBacklog:        256,
+		OpenBacklog:          256,
 		MaxStreamWindow:      1 << 20,
 		SessionReceiveBudget: 64 << 20,
 		WriteTimeout:         10 * time.Second,
@@ -101,6 +108,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.AcceptBacklog < 1:
 		return errors.New("mux: config: AcceptBacklog must be at least 1")
+	case c.OpenBacklog < 1:
+		return errors.New("mux: config: OpenBacklog must be at least 1")
 	case c.MaxStreamWindow < initialWindow || c.MaxStreamWindow > 1<<30:
 		return fmt.Errorf("mux: config: MaxStreamWindow %d is outside [256 KiB, 1 GiB]", c.MaxStreamWindow)
 	case c.SessionReceiveBudget < 0:

@@ -51,7 +51,7 @@ var (
 const (
 	KindPingFlood       = "ping_flood"       // pings beyond Config.PingLimit
 	KindStreamFlood     = "stream_flood"     // SYNs and RSTs beyond Config.StreamLimit
-	KindEmptyFlood      = "empty_flood"      // frames that carry nothing beyond Config.EmptyLimit
+	KindEmptyFlood      = "empty_flood"      // frames that carry nothing beyond Config.EmptyFrameLimit
 	KindBadVersion      = "bad_version"      // header version is not 0
 	KindBadType         = "bad_type"         // frame type is not 0–3
 	KindBadStreamID     = "bad_stream_id"    // stream 0, or a SYN with this side's parity

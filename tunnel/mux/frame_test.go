@@ -39,6 +39,7 @@ func TestConfigValidate(t *testing.T) {
 	}
 	bad := []func(c *Config){
 		func(c *Config) { c.AcceptBacklog = 0 },
+		func(c *Config) { c.OpenBacklog = 0 },
 		func(c *Config) { c.MaxStreamWindow = initialWindow - 1 },
 		func(c *Config) { c.MaxStreamWindow = 1<<30 + 1 },
 		func(c *Config) { c.SessionReceiveBudget = -1 },

@@ -36,7 +36,14 @@ func TestStalledMemory(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a.Write(src) // blocks once the window is full, until its deadline
+			// Blocks once the window is full, until its deadline. Writes
+			// again if the reader took all of src before its window was
+			// full (a fast reader can), so the window always fills.
+			for {
+				if _, err := a.Write(src); err != nil {
+					return
+				}
+			}
 		}()
 	}
 	// Read each stream until its window has grown to the maximum and the

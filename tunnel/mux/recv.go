@@ -7,12 +7,14 @@ import (
 	"runtime"
 )
 
-// readLoop is the session's one goroutine. It reads frames until the
-// connection fails or the peer breaks the protocol, handling each inline:
-// data goes straight from the connection into its stream's buffer and wakes
-// that stream's reader only; pings are answered through the writer; nothing
-// a frame asks for starts a goroutine of its own or holds memory beyond the
-// limits in spec.md.
+// readLoop is the session's one long-lived goroutine. It reads frames until
+// the connection fails or the peer breaks the protocol, handling each
+// inline: data goes straight from the connection into its stream's buffer
+// and wakes that stream's reader only; pings are answered through the
+// writer. No frame costs a goroutine beyond the one flusher that may exist
+// (write.go) or memory beyond the limits in spec.md. It never writes to the
+// connection itself, except a best-effort go away when a violation ends the
+// session.
 func (s *Session) readLoop() {
 	err := s.readFrames()
 	var pe *ProtocolError

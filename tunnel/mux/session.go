@@ -39,7 +39,7 @@ type Session struct {
 
 	remoteGoAway atomic.Bool
 	acceptCh     chan *Stream  // the accept backlog
-	slots        chan struct{} // this side's opens waiting for an ACK
+	slots        chan struct{} // this side's opens waiting for an ACK (OpenBacklog)
 	budget       budget
 
 	pingMu  sync.Mutex
@@ -75,7 +75,7 @@ func newSession(conn net.Conn, cfg *Config, client bool) (*Session, error) {
 		streams:  make(map[uint32]*Stream),
 		nextID:   2,
 		acceptCh: make(chan *Stream, cfg.AcceptBacklog),
-		slots:    make(chan struct{}, cfg.AcceptBacklog),
+		slots:    make(chan struct{}, cfg.OpenBacklog),
 		budget:   budget{limit: cfg.SessionReceiveBudget},
 		pings:    make(map[uint32]chan struct{}),
 		flood:    newFloodGuard(cfg),
@@ -97,7 +97,7 @@ func newSession(conn net.Conn, cfg *Config, client bool) (*Session, error) {
 
 // Open opens a stream. It sends the SYN (a window update frame) at once,
 // without waiting for the peer's ACK, so data may follow immediately. ctx
-// bounds the wait for one of AcceptBacklog open slots (opens not yet ACKed).
+// bounds the wait for one of OpenBacklog open slots (opens not yet ACKed).
 func (s *Session) Open(ctx context.Context) (*Stream, error) {
 	return s.OpenWith(ctx, nil)
 }

@@ -344,14 +344,15 @@ func TestDeadlines(t *testing.T) {
 		a.Write([]byte("x"))
 		readN(t, b, 1)
 
-		// Extending a deadline while blocked keeps the Read waiting.
-		b.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		// Extending a deadline while blocked keeps the Read waiting past
+		// the old deadline.
+		b.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
 		go func() { _, err := b.Read(make([]byte, 1)); errc <- err }()
 		b.SetReadDeadline(time.Now().Add(time.Hour))
 		select {
 		case err := <-errc:
 			t.Fatalf("Read returned %v after its deadline was extended", err)
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(500 * time.Millisecond):
 		}
 		a.Write([]byte("y"))
 		if err := <-errc; err != nil {
@@ -438,7 +439,11 @@ func TestAcceptBacklog(t *testing.T) {
 			streams = append(streams, st)
 		}
 		for i, st := range streams {
-			st.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			wait := 200 * time.Millisecond // nothing comes for these
+			if i >= 2 {
+				wait = 10 * time.Second // the RST comes at once
+			}
+			st.SetReadDeadline(time.Now().Add(wait))
 			_, err := st.Read(make([]byte, 1))
 			if i < 2 && !errors.Is(err, os.ErrDeadlineExceeded) {
 				t.Fatalf("stream %d in the backlog: Read = %v", i, err)
@@ -454,12 +459,12 @@ func TestAcceptBacklog(t *testing.T) {
 	})
 }
 
-// TestOpenWaitsForAck checks that Open waits while AcceptBacklog opens are
+// TestOpenWaitsForAck checks that Open waits while OpenBacklog opens are
 // not yet ACKed, and that ctx bounds the wait.
 func TestOpenWaitsForAck(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, tr transport) {
 		ccfg := DefaultConfig()
-		ccfg.AcceptBacklog = 2
+		ccfg.OpenBacklog = 2
 		c, s := sessions(t, tr, ccfg, nil)
 		for range 2 {
 			if _, err := c.Open(ctxT(t, 5*time.Second)); err != nil {
