@@ -42,8 +42,7 @@ import (
 // connCap is a listener's bound on the connections it holds at once.
 type connCap struct {
 	gate
-	limit  string         // label in tunnel_server_limit_rejections_total
-	refuse func(net.Conn) // tells a connection over the cap why; nil closes it
+	limit string // label in tunnel_server_limit_rejections_total
 }
 
 // firstBytesTimeout bounds the wait for an agent connection's first bytes
@@ -233,7 +232,7 @@ func (l *cappedListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if l.s.admitConn(l.cap, c) {
+		if l.s.admitConn(l.cap, c, nil) { // closed, not answered: its protocol is not ours to speak
 			return &cappedConn{Conn: c, leave: l.cap.leave}, nil
 		}
 	}
@@ -252,15 +251,16 @@ func (c *cappedConn) Close() error {
 }
 
 // admitConn takes a place for c under cap, or refuses c (counted and
-// logged) and reports false.
-func (s *Server) admitConn(cap *connCap, c net.Conn) bool {
+// logged; answered by refuse, or closed if refuse is nil) and reports
+// false.
+func (s *Server) admitConn(cap *connCap, c net.Conn, refuse func(net.Conn)) bool {
 	if cap.enter() {
 		return true
 	}
 	s.limited(cap.limit)
 	s.log.Debug("connection refused: listener at its cap", "limit", cap.limit, "max", cap.max, "remote", c.RemoteAddr().String())
-	if cap.refuse != nil {
-		cap.refuse(c)
+	if refuse != nil {
+		refuse(c)
 	} else {
 		c.Close()
 	}

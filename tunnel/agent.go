@@ -461,8 +461,13 @@ func (a *Agent) connect(ctx context.Context, addr string) (*agentSession, error)
 func (a *Agent) serve(ctx context.Context, s *agentSession) error {
 	sess := s.sess
 	var streams inflight
-	stop := context.AfterFunc(ctx, func() { a.drain(sess, s.ctrl, &streams) })
-	defer stop()
+	drained := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() { defer close(drained); a.drain(sess, s.ctrl, &streams) })
+	defer func() {
+		if !stop() { // the drain started: it ends with the session, closed below
+			<-drained
+		}
+	}()
 	done := make(chan struct{}, 2)
 	defer func() { sess.Close(); <-done; <-done }()
 	go func() {

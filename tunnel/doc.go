@@ -11,20 +11,56 @@
 // certificates. Each CONNECT becomes a dial request on a new stream to the
 // chosen agent; the agent dials the destination on the node's network and
 // answers with a typed result, and bytes then flow both ways through one
-// copy path (copy.go) that carries half-close.
+// copy path (copy.go) that carries half-close. The Konnectivity gRPC
+// frontend is package tunnel/konnectivity, and the Kubernetes API as the
+// record of nodes and replicas is package tunnel/kube: both import this
+// package, never the reverse, so the agent links neither gRPC nor
+// client-go.
 //
 // The wire format is in PROTOCOL.md beside this file; the architecture and
-// security model are in the project's DESIGN.md. Files:
+// security model are in the project's DESIGN.md. The files, by concern
+// (doc_test.go checks that every file is named here, and every name is a
+// file):
 //
-//	protocol.go  frames: hello, dial request and response
-//	transport.go the Session interface and its TLS + mux implementation
-//	server.go    Server: lifecycle, accept loops, Dial
-//	registry.go  agent admission: what a certificate proves
-//	routing.go   destination → agent
-//	frontend.go  the HTTP CONNECT frontend
-//	agent.go     Agent: connect, hello, reconnect, dial on the node
-//	keepalive.go pings that notice a dead peer on a silent network
-//	metrics.go   Prometheus collectors of Server and Agent
-//	copy.go      the copy path
-//	errors.go    dial results and their HTTP statuses
+// The protocol and the connection under it:
+//
+//	protocol.go          frames: hello, dial request and response, goodbye, replica count
+//	transport.go         the Session interface, and its TLS + mux implementation
+//	wire.go              write batching and read-ahead under a TLS session
+//	keepalive.go         pings that notice a dead peer on a silent network
+//	errors.go            dial results, their HTTP statuses, DialError, ConfigError
+//
+// The server:
+//
+//	server.go            ServerConfig, Server, its accept loop, Dial
+//	lifecycle.go         what the server owns, and how Close ends it
+//	accept.go            what a listener spends before it knows who calls: caps, accept rate
+//	limits.go            the bounds on what anyone can make the server hold
+//	registry.go          agent connections: hello, admission, registration
+//	nodes.go             a node source's record as the truth of an agent's routes
+//	routing.go           the routing table: destination → agent
+//	duplicate.go         a second session for a node retires the first; the agent a dial takes
+//	ha.go                replicas sharing one agent address; coverage of the cluster's nodes
+//	frontend.go          the HTTP CONNECT frontend
+//	hooks.go             what frontends outside this package build on
+//	listen.go            unix-socket listeners with their mode and group from the start
+//	metrics.go           Prometheus collectors of Server and Agent
+//	transport_metrics.go registered agents by transport
+//
+// The agent:
+//
+//	agent.go             AgentConfig, Agent: connect, hello, reconnect, dial on the node
+//	policy.go            the destinations an agent may dial
+//
+// Both ends:
+//
+//	copy.go              the copy path every tunneled byte takes
+//	drain.go             draining: the server's Shutdown, the agent's drain frame
+//
+// The SSH transport and the SSH fallback:
+//
+//	ssh.go               an SSH connection as a Session, its channels as streams
+//	ssh_stream.go        an SSH channel as a net.Conn with deadlines
+//	ssh_auth.go          the server's SSH listener and its authentication; the agent's SSH dial and transport choice
+//	ssh_fallback.go      nodes without an agent, reached through their sshd
 package tunnel

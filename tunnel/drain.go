@@ -69,7 +69,8 @@ func (f *inflight) count() int {
 
 // drain runs when the agent's context ends during a registered session:
 // it tells the server on the control stream, waits for the session's
-// tunnels up to DrainTimeout, and closes the session.
+// tunnels up to DrainTimeout, and closes the session. It ends at the latest
+// when the session does, and serve waits for it.
 func (a *Agent) drain(sess Session, ctrl net.Conn, streams *inflight) {
 	ctrl.SetWriteDeadline(time.Now().Add(a.cfg.HandshakeTimeout))
 	if err := writeFrame(ctrl, frameDrain, nil); err != nil {

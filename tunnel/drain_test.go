@@ -3,8 +3,10 @@ package tunnel
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -93,6 +95,62 @@ func TestAgentDrain(t *testing.T) {
 	case <-stopped:
 	case <-time.After(5 * time.Second):
 		t.Fatal("agent did not stop after its last tunnel closed")
+	}
+}
+
+// blockOn is a log handler that holds the record with message msg until
+// release is closed, after signalling blocked: a goroutine caught at a
+// known point.
+type blockOn struct {
+	slog.Handler
+	msg     string
+	blocked chan struct{}
+	release chan struct{}
+}
+
+func (b *blockOn) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == b.msg {
+		b.blocked <- struct{}{}
+		<-b.release
+	}
+	return b.Handler.Handle(ctx, r)
+}
+
+func (b *blockOn) WithAttrs(as []slog.Attr) slog.Handler {
+	return &blockOn{Handler: b.Handler.WithAttrs(as), msg: b.msg, blocked: b.blocked, release: b.release}
+}
+
+func (b *blockOn) WithGroup(name string) slog.Handler {
+	return &blockOn{Handler: b.Handler.WithGroup(name), msg: b.msg, blocked: b.blocked, release: b.release}
+}
+
+// TestAgentRunWaitsForDrain: Run does not return while the drain that its
+// context's end started is still running, even when the session ends
+// under it (here the server closes).
+func TestAgentRunWaitsForDrain(t *testing.T) {
+	h := newHarness(t, nil)
+	cfg := h.agentConfig("node-a")
+	cfg.DrainTimeout = time.Minute
+	hold := &blockOn{Handler: cfg.Logger.Handler(), msg: "draining", blocked: make(chan struct{}, 1), release: make(chan struct{})}
+	cfg.Logger = slog.New(hold)
+	release := sync.OnceFunc(func() { close(hold.release) })
+	t.Cleanup(release)
+	agent := h.startAgent(cfg)
+
+	stopped := make(chan struct{})
+	go func() { agent.stop(); close(stopped) }()
+	<-hold.blocked // the drain has begun, and waits
+	h.srv.Close()  // the session ends under it
+	select {
+	case <-stopped:
+		t.Fatal("Run returned while its drain was still running")
+	case <-time.After(time.Second):
+	}
+	release()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return once its drain ended")
 	}
 }
 

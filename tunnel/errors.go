@@ -40,6 +40,16 @@ func (r Result) String() string {
 	return fmt.Sprintf("result(%d)", r)
 }
 
+// Results returns every Result in order, for a metric that shows each
+// label value from zero (tunnel/konnectivity's dials by result).
+func Results() []Result {
+	rs := make([]Result, len(resultNames))
+	for i := range rs {
+		rs[i] = Result(i)
+	}
+	return rs
+}
+
 func (r Result) onWire() bool { return r <= ResultError }
 
 // DialError is a failed tunneled dial. Its Error text is written verbatim

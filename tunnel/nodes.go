@@ -101,13 +101,20 @@ func (a *agentConn) bind(info NodeInfo) {
 // registration is not lost.
 func (s *Server) syncNode(node string) {
 	node = strings.ToLower(node)
+	for _, a := range s.rebindNode(node) {
+		s.log.Warn("node deleted; disconnecting its agent", "node", node)
+		a.sess.Close() // outside nodeMu: a close may wait on its peer
+	}
+}
+
+// rebindNode looks node up and rebinds its agents, under nodeMu so that
+// lookups and the rebinds they cause happen in the same order; it returns
+// the agents of a deleted node, out of every route.
+func (s *Server) rebindNode(node string) []*agentConn {
 	s.nodeMu.Lock()
 	defer s.nodeMu.Unlock()
 	info, ok := s.cfg.Nodes.Lookup(node)
-	for _, a := range s.routes.rebind(node, info, ok) {
-		s.log.Warn("node deleted; disconnecting its agent", "node", node)
-		a.sess.Close()
-	}
+	return s.routes.rebind(node, info, ok)
 }
 
 // rebind gives every agent of node the routes of info, in place (the

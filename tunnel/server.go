@@ -202,7 +202,6 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		frontCap: connCap{gate: gate{max: int64(cfg.MaxFrontendConns)}, limit: LimitFrontendConns},
 		refusing: gate{max: maxRefusing},
 	}
-	s.frontCap.refuse = s.refuseFrontend
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.metrics = newServerMetrics(s.agentsByTransport, s.Coverage) // transport_metrics.go, ha.go
 	s.metrics.window.Set(float64(s.window))
@@ -227,28 +226,14 @@ func (s *Server) Agents() int { return s.routes.count() }
 
 // ServeAgents accepts agent connections on ln until ln or the server closes.
 func (s *Server) ServeAgents(ln net.Listener) error {
-	return s.serve(ln, &s.agentCap, s.handleAgent)
+	return s.serve(ln, &s.agentCap, nil, s.handleAgent)
 }
 
 // ServeConnect serves the HTTP CONNECT frontend on ln (a unix-socket
 // listener, or a TLS listener requiring client certificates) until ln or the
 // server closes.
 func (s *Server) ServeConnect(ln net.Listener) error {
-	return s.serve(ln, &s.frontCap, func(c net.Conn, _ func()) { s.handleConnect(c) })
-}
-
-// Close stops every listener, ends every agent session and frontend
-// connection, and waits for the goroutines the server started.
-func (s *Server) Close() error {
-	s.mu.Lock()
-	s.closed = true
-	s.cancel()
-	for _, closeFn := range s.open {
-		closeFn()
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
-	return nil
+	return s.serve(ln, &s.frontCap, s.refuseFrontend, func(c net.Conn, _ func()) { s.handleConnect(c) })
 }
 
 // Shutdown drains the server: new dials fail at once with ResultDraining
@@ -277,46 +262,13 @@ func (s *Server) Draining() bool { return s.tunnels.draining() }
 // Tunnels returns the number of dials in progress and tunnels open.
 func (s *Server) Tunnels() int { return s.tunnels.count() }
 
-// track registers closeFn to run at Close; it reports false (and runs
-// closeFn) if the server is already closed.
-func (s *Server) track(key any, closeFn func() error) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		closeFn()
-		return false
-	}
-	s.open[key] = closeFn
-	return true
-}
-
-// spawn runs f in a goroutine that Close waits for, unless the server has
-// closed.
-func (s *Server) spawn(f func()) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		f()
-	}()
-}
-
-func (s *Server) untrack(key any) {
-	s.mu.Lock()
-	delete(s.open, key)
-	s.mu.Unlock()
-}
-
 // serve runs an accept loop, handing each connection to handle in a
-// goroutine the server owns, while cap has room for it. handle gets a
+// goroutine the server owns, while cap has room for it (refuse answers
+// one over it; nil closes it). handle gets a
 // function that gives the connection's place back early; it is given back
 // when handle returns in any case. The loop itself never waits for
 // anything but Accept.
-func (s *Server) serve(ln net.Listener, cap *connCap, handle func(c net.Conn, release func())) error {
+func (s *Server) serve(ln net.Listener, cap *connCap, refuse func(net.Conn), handle func(c net.Conn, release func())) error {
 	if !s.track(ln, ln.Close) { // the server closed first: as if ln had
 		return nil
 	}
@@ -334,7 +286,7 @@ func (s *Server) serve(ln net.Listener, cap *connCap, handle func(c net.Conn, re
 			continue
 		}
 		backoff = 0
-		if !s.admitConn(cap, c) { // accept.go
+		if !s.admitConn(cap, c, refuse) { // accept.go
 			continue
 		}
 		release := sync.OnceFunc(cap.leave)
@@ -343,27 +295,6 @@ func (s *Server) serve(ln net.Listener, cap *connCap, handle func(c net.Conn, re
 			return nil
 		}
 	}
-}
-
-// goConn runs f in a goroutine that Close waits for, with c closed at
-// Close; it reports false, and closes c, if the server has closed. The
-// goroutine is counted under the same lock that Close takes, so none
-// starts after Close has returned.
-func (s *Server) goConn(c net.Conn, f func()) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		c.Close()
-		return false
-	}
-	s.open[c] = c.Close
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		defer s.untrack(c)
-		f()
-	}()
-	return true
 }
 
 func randomID() string {

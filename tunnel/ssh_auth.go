@@ -122,7 +122,7 @@ func (s *Server) ServeSSHAgents(ln net.Listener, cfg SSHServerConfig) error {
 		return err
 	}
 	sc := cfg.serverConfig()
-	return s.serve(ln, &s.agentCap, func(raw net.Conn, registered func()) { s.handleSSHAgent(raw, sc, registered) })
+	return s.serve(ln, &s.agentCap, nil, func(raw net.Conn, registered func()) { s.handleSSHAgent(raw, sc, registered) })
 }
 
 // handleSSHAgent runs the SSH handshake within the handshake timeout, then

@@ -139,7 +139,7 @@ func runAgent(f *agentFlags, fs *pflag.FlagSet) error {
 	ctx, stop := cli.SignalContext()
 	defer stop()
 	defer cli.NotifyWhenDone(ctx, f.cfg.Logger, "STOPPING=1")() // sd_notify
-	cli.WatchCerts(ctx, f.cfg.Logger, f.reload.Interval, reloading...)
+	cli.WatchCerts(ctx, f.cfg.Logger, f.reload.Interval, admin.NewCertExpiry(reg).Track(reloading...)...)
 	f.cfg.Logger.Info("tunnel-agent started", "node", f.cfg.NodeName, "server", f.cfg.ServerAddress)
 	err = loops.Run(runLoop, func() error { return agent.Run(ctx) })
 	f.cfg.Logger.Info("tunnel-agent stopped")

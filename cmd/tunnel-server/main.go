@@ -24,6 +24,7 @@ import (
 	"github.com/tunnel-project/tunnel/cmd/internal/admin"
 	"github.com/tunnel-project/tunnel/cmd/internal/cli"
 	"github.com/tunnel-project/tunnel/tunnel"
+	"github.com/tunnel-project/tunnel/tunnel/konnectivity"
 )
 
 const prog = "tunnel-server"
@@ -198,7 +199,7 @@ func serve(f *serverFlags, fs *pflag.FlagSet) error {
 	}
 	log.Info("tunnel-server started", "server_id", srv.ID())
 	cli.NotifyLogged(log, "READY=1") // sd_notify: every listener is up
-	cli.WatchCerts(ctx, log, f.reload.Interval, reloading...)
+	cli.WatchCerts(ctx, log, f.reload.Interval, admin.NewCertExpiry(reg).Track(reloading...)...)
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
@@ -254,7 +255,7 @@ func (f *serverFlags) listen(pair *certs.Reloading[tls.Certificate]) (out []list
 		if err != nil {
 			return out, nil, &cli.FlagError{Flag: "grpc-uds-path", Msg: err.Error()}
 		}
-		out = append(out, listener{"grpc-uds", ln, (*tunnel.Server).ServeGRPC})
+		out = append(out, listener{"grpc-uds", ln, konnectivity.Serve})
 	}
 	if f.frontendAddr != "" {
 		if cas, err = cli.ReloadingPool("frontend-ca-file", f.frontendCA); err != nil {

@@ -90,6 +90,7 @@ func (h *kubeHarness) runAgent(node string, ips ...string) {
 	cfg.NodeName = node
 	cfg.NodeIPs = addrs(ips...)
 	cfg.AllowCIDRs = prefixes("127.0.0.0/8")
+	cfg.ResolveNames = true // a Node's Hostname address ("localhost" here) is a name the agent looks up
 	cfg.MinBackoff, cfg.MaxBackoff = 20*time.Millisecond, 100*time.Millisecond
 	cfg.DrainTimeout = time.Millisecond
 	a, err := tunnel.NewAgent(cfg)

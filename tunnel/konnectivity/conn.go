@@ -1,4 +1,4 @@
-package tunnel
+package konnectivity
 
 import (
 	"net"
@@ -9,14 +9,15 @@ import (
 	proxy "sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
 )
 
-// grpcConn is the client's end of one gRPC frontend tunnel as a net.Conn,
-// so that the one copy path (pipe) carries it: Read takes DATA payloads
-// from the stream's receive loop, Write sends DATA, Close answers CLOSE_RSP.
+// conn is the client's end of one gRPC frontend tunnel as a net.Conn,
+// so that the server's one copy path (Server.Pipe) carries it: Read takes
+// DATA payloads from the stream's receive loop, Write sends DATA, Close
+// answers CLOSE_RSP.
 //
 // It has no CloseWrite: the Konnectivity client takes CLOSE_RSP as the end
 // of the whole connection, so when the node side finishes, Close tells the
 // client and the tunnel closes both ways.
-type grpcConn struct {
+type conn struct {
 	ps     *proxyStream
 	id     int64  // connectID
 	rest   []byte // the unread part of the last DATA payload
@@ -27,7 +28,7 @@ type grpcConn struct {
 // Read returns the next bytes of DATA. The receive loop's end is the
 // tunnel's: io.EOF when the client half-closed the stream, its error
 // otherwise (CLOSE_REQ, DIAL_CLS, a broken stream).
-func (c *grpcConn) Read(b []byte) (int, error) {
+func (c *conn) Read(b []byte) (int, error) {
 	if len(c.rest) == 0 {
 		select {
 		case d, ok := <-c.ps.data:
@@ -44,9 +45,9 @@ func (c *grpcConn) Read(b []byte) (int, error) {
 	return n, nil
 }
 
-// Write sends b as DATA packets of at most grpcMaxData bytes; it never sends
+// Write sends b as DATA packets of at most maxData bytes; it never sends
 // an empty one.
-func (c *grpcConn) Write(b []byte) (int, error) {
+func (c *conn) Write(b []byte) (int, error) {
 	n := 0
 	for n < len(b) {
 		select {
@@ -54,7 +55,7 @@ func (c *grpcConn) Write(b []byte) (int, error) {
 			return n, net.ErrClosed
 		default:
 		}
-		chunk := b[n:min(len(b), n+grpcMaxData)]
+		chunk := b[n:min(len(b), n+maxData)]
 		err := c.ps.send(&proxy.Packet{Type: proxy.PacketType_DATA, Payload: &proxy.Packet_Data{
 			Data: &proxy.Data{ConnectID: c.id, Data: chunk}}})
 		if err != nil {
@@ -67,7 +68,7 @@ func (c *grpcConn) Write(b []byte) (int, error) {
 
 // Close sends CLOSE_RSP once, the client's sign that the connection is
 // over, whichever side ended it. The stream itself ends when Proxy returns.
-func (c *grpcConn) Close() error {
+func (c *conn) Close() error {
 	c.once.Do(func() {
 		close(c.closed)
 		c.ps.send(&proxy.Packet{Type: proxy.PacketType_CLOSE_RSP, Payload: &proxy.Packet_CloseResponse{
@@ -77,7 +78,7 @@ func (c *grpcConn) Close() error {
 }
 
 // LocalAddr returns the socket's address, if gRPC knows it.
-func (c *grpcConn) LocalAddr() net.Addr {
+func (c *conn) LocalAddr() net.Addr {
 	if p, ok := peer.FromContext(c.ps.stream.Context()); ok && p.LocalAddr != nil {
 		return p.LocalAddr
 	}
@@ -85,7 +86,7 @@ func (c *grpcConn) LocalAddr() net.Addr {
 }
 
 // RemoteAddr returns the client's address, if gRPC knows it.
-func (c *grpcConn) RemoteAddr() net.Addr {
+func (c *conn) RemoteAddr() net.Addr {
 	if p, ok := peer.FromContext(c.ps.stream.Context()); ok && p.Addr != nil {
 		return p.Addr
 	}
@@ -94,6 +95,6 @@ func (c *grpcConn) RemoteAddr() net.Addr {
 
 // SetDeadline and the others fail: the copy path sets none, and a gRPC
 // stream has no per-operation deadline.
-func (c *grpcConn) SetDeadline(time.Time) error      { return errGRPCDeadline }
-func (c *grpcConn) SetReadDeadline(time.Time) error  { return errGRPCDeadline }
-func (c *grpcConn) SetWriteDeadline(time.Time) error { return errGRPCDeadline }
+func (c *conn) SetDeadline(time.Time) error      { return errDeadline }
+func (c *conn) SetReadDeadline(time.Time) error  { return errDeadline }
+func (c *conn) SetWriteDeadline(time.Time) error { return errDeadline }

@@ -1,4 +1,4 @@
-package tunnel
+package konnectivity
 
 import (
 	"bytes"
@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +17,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	proxy "sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
+
+	"github.com/tunnel-project/tunnel/tunnel"
 )
 
 // These tests speak the ProxyService stream packet by packet, as
@@ -27,38 +28,36 @@ import (
 // grpcStreamTimeout bounds each test stream.
 const grpcStreamTimeout = 20 * time.Second
 
-// serveGRPC starts the gRPC frontend of h's server on a unix socket and
-// returns its path.
-func (h *harness) serveGRPC() string {
-	h.t.Helper()
-	path := filepath.Join(filepath.Dir(h.sock), "g.sock")
-	ln, err := ListenUnix(path, 0o600)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.goServe(func() error { return h.srv.ServeGRPC(ln) })
-	return path
-}
-
 // proxyClient is one ProxyService stream on its own connection.
 type proxyClient struct {
 	t      *testing.T
 	stream proxy.ProxyService_ProxyClient
+	close  func() // closes the connection
 }
 
 func openProxy(t *testing.T, path string) *proxyClient {
 	t.Helper()
-	cc, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, err := tryProxy(t, path)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return c
+}
+
+// tryProxy opens a stream on a new connection, or returns the error that
+// kept it from opening; the test's cleanup closes the connection.
+func tryProxy(t *testing.T, path string) (*proxyClient, error) {
+	cc, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), grpcStreamTimeout)
 	t.Cleanup(func() { cancel(); cc.Close() })
 	stream, err := proxy.NewProxyServiceClient(cc).Proxy(ctx)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	return &proxyClient{t: t, stream: stream}
+	return &proxyClient{t: t, stream: stream, close: func() { cancel(); cc.Close() }}, nil
 }
 
 func (c *proxyClient) send(p *proxy.Packet) {
@@ -158,10 +157,10 @@ func (c *proxyClient) expectEnd(code codes.Code) error {
 
 func TestGRPCFrontendEcho(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	h := newHarness(t, func(c *ServerConfig) { c.Registerer = reg })
-	path := h.serveGRPC()
-	h.startAgent(h.agentConfig("node-a"))
-	echo := startEcho(t, "127.0.0.1:0")
+	h := newHarness(t, func(c *tunnel.ServerConfig) { c.Registerer = reg })
+	path := h.grpcPath
+	h.startAgent(h.agentConfig())
+	echo := startEcho(t)
 
 	c := openProxy(t, path)
 	id := c.mustDial(echo)
@@ -185,7 +184,7 @@ func TestGRPCFrontendEcho(t *testing.T) {
 	waitFor(t, "the tunnel to end", func() bool { return h.srv.Tunnels() == 0 })
 	expectMetric(t, reg, eq(1), "tunnel_server_grpc_dials_total", "result", "ok")
 	expectMetric(t, reg, eq(1), "tunnel_server_dials_total", "result", "ok")
-	expectMetric(t, reg, eq(0), "tunnel_server_grpc_dials_total", "result", grpcResultCanceled)
+	expectMetric(t, reg, eq(0), "tunnel_server_grpc_dials_total", "result", resultCanceled)
 	expectMetric(t, reg, ge(float64(1<<20)), "tunnel_server_bytes_total", "direction", "to_node")
 }
 
@@ -193,9 +192,9 @@ func TestGRPCFrontendEcho(t *testing.T) {
 // reason CONNECT would put in its status line, and no connectID.
 func TestGRPCFrontendDialErrors(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	h := newHarness(t, func(c *ServerConfig) { c.Registerer = reg })
-	path := h.serveGRPC()
-	h.startAgent(h.agentConfig("node-a"))
+	h := newHarness(t, func(c *tunnel.ServerConfig) { c.Registerer = reg })
+	path := h.grpcPath
+	h.startAgent(h.agentConfig())
 	closed := listenTCP(t, "127.0.0.1:0")
 	refused := closed.Addr().String()
 	closed.Close()
@@ -225,8 +224,8 @@ func TestGRPCFrontendDialErrors(t *testing.T) {
 // when the node side ends the connection.
 func TestGRPCFrontendNodeCloses(t *testing.T) {
 	h := newHarness(t, nil)
-	path := h.serveGRPC()
-	h.startAgent(h.agentConfig("node-a"))
+	path := h.grpcPath
+	h.startAgent(h.agentConfig())
 	ln := listenTCP(t, "127.0.0.1:0")
 	served := make(chan struct{})
 	go func() {
@@ -252,9 +251,9 @@ func TestGRPCFrontendNodeCloses(t *testing.T) {
 // and keeps the first tunnel working.
 func TestGRPCFrontendOneDialPerStream(t *testing.T) {
 	h := newHarness(t, nil)
-	path := h.serveGRPC()
-	h.startAgent(h.agentConfig("node-a"))
-	echo := startEcho(t, "127.0.0.1:0")
+	path := h.grpcPath
+	h.startAgent(h.agentConfig())
+	echo := startEcho(t)
 
 	c := openProxy(t, path)
 	id := c.mustDial(echo)
@@ -272,9 +271,9 @@ func TestGRPCFrontendOneDialPerStream(t *testing.T) {
 // dial was answered, or for another connection.
 func TestGRPCFrontendProtocolErrors(t *testing.T) {
 	h := newHarness(t, nil)
-	path := h.serveGRPC()
-	h.startAgent(h.agentConfig("node-a"))
-	echo := startEcho(t, "127.0.0.1:0")
+	path := h.grpcPath
+	h.startAgent(h.agentConfig())
+	echo := startEcho(t)
 
 	c := openProxy(t, path)
 	c.data(1, []byte("x"))
@@ -296,9 +295,9 @@ func TestGRPCFrontendProtocolErrors(t *testing.T) {
 // on the node stops too.
 func TestGRPCFrontendDialClose(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	h := newHarness(t, func(c *ServerConfig) { c.Registerer = reg })
-	path := h.serveGRPC()
-	cfg := h.agentConfig("node-a")
+	h := newHarness(t, func(c *tunnel.ServerConfig) { c.Registerer = reg })
+	path := h.grpcPath
+	cfg := h.agentConfig()
 	dialing := make(chan struct{}, 1)
 	stopped := make(chan error, 1)
 	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -315,11 +314,12 @@ func TestGRPCFrontendDialClose(t *testing.T) {
 	c.send(&proxy.Packet{Type: proxy.PacketType_DIAL_CLS, Payload: &proxy.Packet_CloseDial{CloseDial: &proxy.CloseDial{Random: 9}}})
 	c.expectEnd(codes.OK)
 	waitFor(t, "the dial to be given up", func() bool { return h.srv.Tunnels() == 0 })
-	expectMetric(t, reg, eq(1), "tunnel_server_grpc_dials_total", "result", grpcResultCanceled)
+	expectMetric(t, reg, eq(1), "tunnel_server_grpc_dials_total", "result", resultCanceled)
 	select {
 	case cause := <-stopped:
-		if cause != errServerGaveUp {
-			t.Fatalf("agent's dial ended by %v, want %v", cause, errServerGaveUp)
+		// The agent's cause for a dial its server stopped waiting for.
+		if cause == nil || !strings.Contains(cause.Error(), "the server stopped waiting for this dial") {
+			t.Fatalf("agent's dial ended by %v, want the server's giving up", cause)
 		}
 	case <-time.After(5 * time.Second): // the dial timeout is 10s
 		t.Fatal("the agent's dial went on after DIAL_CLS")
@@ -330,9 +330,9 @@ func TestGRPCFrontendDialClose(t *testing.T) {
 // open tunnel carries on, and Close ends a stream still open.
 func TestGRPCFrontendDraining(t *testing.T) {
 	h := newHarness(t, nil)
-	path := h.serveGRPC()
-	h.startAgent(h.agentConfig("node-a"))
-	echo := startEcho(t, "127.0.0.1:0")
+	path := h.grpcPath
+	h.startAgent(h.agentConfig())
+	echo := startEcho(t)
 
 	open := openProxy(t, path)
 	id := open.mustDial(echo)
