@@ -106,3 +106,48 @@ deploy-check:
 
 clean:
 	rm -rf bin
+
+# ---------------------------------------------------------------------------
+# Shipping (deploy/README.md "Image and release archives"). Both binaries
+# static and reproducible: CGO_ENABLED=0, -trimpath, -buildvcs=false (the
+# version and commit come from LDFLAGS), built into $(DIST_DIR)/OS-ARCH/; build/
+# (a module of its own, so go-containerregistry stays out of go.mod and out
+# of the binaries) packs them with every timestamp at SOURCE_DATE_EPOCH, the
+# last commit's time. One commit built twice gives the same image digest
+# and the same SHA256SUMS (e2e/deploy/image_test.go, release_test.go).
+#
+# `make image`: FROM scratch, both binaries in /usr/local/bin, user 65532,
+# no shell; bin/image/oci (OCI layout: skopeo copy oci:bin/image/oci:TAG
+# docker://…) and bin/image/tunnel.tar (docker-archive: docker/podman load,
+# kind load image-archive, ctr -n k8s.io images import). IMAGE is the
+# reference deploy/kubernetes names (its kustomization's images: entry;
+# e2e/deploy checks they agree): override both to push elsewhere.
+# `make release`: bin/release/tunnel-VERSION-OS-ARCH.tar.gz and SHA256SUMS.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+IMAGE ?= ghcr.io/tunnel-project/tunnel:dev
+IMAGE_ARCH ?= $(shell $(GO) env GOARCH)
+IMAGE_DIR ?= bin/image
+RELEASE_DIR ?= bin/release
+RELEASE_PLATFORMS ?= linux/amd64 linux/arm64
+DIST_DIR ?= bin/dist
+DIST = $(GO) -C build run .
+
+# $(call dist-build,OS,ARCH): both binaries into $(DIST_DIR)/OS-ARCH/.
+dist-build = CGO_ENABLED=0 GOOS=$(1) GOARCH=$(2) $(GO) build -trimpath -buildvcs=false \
+	-ldflags "$(LDFLAGS)" -o $(DIST_DIR)/$(1)-$(2)/ ./cmd/tunnel-server ./cmd/tunnel-agent
+
+.PHONY: image release
+
+image:
+	$(call dist-build,linux,$(IMAGE_ARCH))
+	$(DIST) image --bin-dir $(abspath $(DIST_DIR)/linux-$(IMAGE_ARCH)) --arch $(IMAGE_ARCH) \
+		--ref $(IMAGE) --version $(VERSION) --revision $(COMMIT) --epoch $(SOURCE_DATE_EPOCH) \
+		--oci $(abspath $(IMAGE_DIR)/oci) --tarball $(abspath $(IMAGE_DIR)/tunnel.tar)
+
+release:
+	@set -e; for p in $(RELEASE_PLATFORMS); do \
+		echo "build $$p"; $(call dist-build,$${p%/*},$${p#*/}); \
+	done
+	$(DIST) release --dist-dir $(abspath $(DIST_DIR)) $(addprefix --platform ,$(RELEASE_PLATFORMS)) \
+		$(addprefix --doc ,$(abspath $(wildcard README.md LICENSE))) \
+		--version $(VERSION) --epoch $(SOURCE_DATE_EPOCH) --out $(abspath $(RELEASE_DIR))

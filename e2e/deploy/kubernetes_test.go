@@ -7,12 +7,15 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -20,11 +23,22 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
 )
 
-// manifest is one object of a file under deploy/kubernetes.
+// The manifests are kustomizations (deploy/kubernetes): base/ holds the
+// cluster's objects, control-plane/ the static pod, and each
+// overlays/MODE/ renders the cluster's part of one egress mode and
+// overlays/MODE/control-plane/ its static pod. The checks below run on what
+// kustomize renders, as `kubectl apply -k` and `kubectl kustomize` would
+// produce it, through the kustomize Go API (sigs.k8s.io/kustomize/api,
+// the library kubectl embeds).
+
+// manifest is one object rendered from a kustomization under
+// deploy/kubernetes.
 type manifest struct {
-	where string // "kubernetes/FILE: Kind namespace/name", for messages
+	where string // "kubernetes/DIR: Kind namespace/name", for messages
 	obj   runtime.Object
 }
 
@@ -35,7 +49,7 @@ type manifest struct {
 func strictDecoder() runtime.Decoder {
 	scheme := runtime.NewScheme()
 	for _, add := range []func(*runtime.Scheme) error{
-		corev1.AddToScheme, appsv1.AddToScheme, rbacv1.AddToScheme,
+		corev1.AddToScheme, appsv1.AddToScheme, rbacv1.AddToScheme, certificatesv1.AddToScheme,
 	} {
 		if err := add(scheme); err != nil {
 			panic(err)
@@ -72,33 +86,88 @@ func hasContent(doc []byte) bool {
 	return false
 }
 
-// loadManifests decodes every document of every deploy/kubernetes/*.yaml
-// file strictly; each failure is a test error.
-func loadManifests(t *testing.T) []manifest {
+// overlays returns the egress modes: the directories under
+// deploy/kubernetes/overlays.
+func overlays(t *testing.T) []string {
 	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(deployDir, "kubernetes", "overlays"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var modes []string
+	for _, e := range ents {
+		if e.IsDir() {
+			modes = append(modes, e.Name())
+		}
+	}
+	if len(modes) == 0 {
+		t.Fatal("no deploy/kubernetes/overlays")
+	}
+	return modes
+}
+
+// renderedDirs returns the kustomizations users render, relative to
+// deploy/: each overlay's cluster part and its control-plane part.
+func renderedDirs(t *testing.T) []string {
+	var dirs []string
+	for _, m := range overlays(t) {
+		dirs = append(dirs, path.Join("kubernetes/overlays", m), path.Join("kubernetes/overlays", m, "control-plane"))
+	}
+	return dirs
+}
+
+// kustomize renders the kustomization in deploy/rel as `kubectl kustomize`
+// does (default options: files only from inside each kustomization root).
+func kustomize(rel string) ([]byte, error) {
+	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+	res, err := k.Run(filesys.MakeFsOnDisk(), filepath.Join(deployDir, rel))
+	if err != nil {
+		return nil, err
+	}
+	return res.AsYaml()
+}
+
+// render renders deploy/rel and decodes every object strictly; each failure
+// is a test error.
+func render(t *testing.T, rel string) []manifest {
+	t.Helper()
+	out, err := kustomize(rel)
+	if err != nil {
+		t.Errorf("kustomize %s: %v", rel, err)
+		return nil
+	}
+	docs, err := yamlDocuments(out)
+	if err != nil {
+		t.Errorf("%s: %v", rel, err)
+		return nil
+	}
+	if len(docs) == 0 {
+		t.Errorf("%s: renders no objects", rel)
+	}
 	dec := strictDecoder()
-	var out []manifest
-	for _, file := range deployFiles(t, "kubernetes", ".yaml") {
-		docs, err := yamlDocuments(readDeploy(t, file))
+	var ms []manifest
+	for i, doc := range docs {
+		obj, gvk, err := dec.Decode(doc, nil, nil)
 		if err != nil {
-			t.Errorf("%s: %v", file, err)
+			t.Errorf("%s: object %d: %v", rel, i+1, err)
 			continue
 		}
-		if len(docs) == 0 {
-			t.Errorf("%s: no objects", file)
-		}
-		for i, doc := range docs {
-			obj, gvk, err := dec.Decode(doc, nil, nil)
-			if err != nil {
-				t.Errorf("%s: document %d: %v", file, i+1, err)
-				continue
-			}
-			m, _ := obj.(metav1.Object)
-			out = append(out, manifest{
-				where: fmt.Sprintf("%s: %s %s/%s", file, gvk.Kind, m.GetNamespace(), m.GetName()),
-				obj:   obj,
-			})
-		}
+		m, _ := obj.(metav1.Object)
+		ms = append(ms, manifest{
+			where: fmt.Sprintf("%s: %s %s/%s", rel, gvk.Kind, m.GetNamespace(), m.GetName()),
+			obj:   obj,
+		})
+	}
+	return ms
+}
+
+// loadManifests renders every kustomization users render and decodes each
+// object strictly; each failure is a test error.
+func loadManifests(t *testing.T) []manifest {
+	t.Helper()
+	var out []manifest
+	for _, rel := range renderedDirs(t) {
+		out = append(out, render(t, rel)...)
 	}
 	return out
 }
@@ -240,7 +309,8 @@ func checkMounts(t *testing.T, c container) {
 	}
 	for _, a := range c.flagArgs() {
 		name, val, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
-		if !strings.HasSuffix(name, "-file") && name != "uds-path" {
+		isPath := strings.HasSuffix(name, "-file") || strings.HasSuffix(name, "uds-path") || name == "kubeconfig" && val != "in-cluster"
+		if !isPath {
 			continue
 		}
 		under := false

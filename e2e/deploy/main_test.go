@@ -1,10 +1,17 @@
 // Package deploy checks the files in deploy/ as code: the Kubernetes
-// manifests decode strictly into the API types and agree with each other,
-// the EgressSelectorConfiguration files decode strictly the way
-// kube-apiserver reads them, every flag the manifests, systemd units and
+// manifests, rendered from their kustomize overlays, decode strictly into
+// the API types and agree with each other and with the egress selector file
+// of their mode; the EgressSelectorConfiguration files decode strictly the
+// way kube-apiserver reads them; every flag the manifests, systemd units and
 // environment files pass to tunnel-server and tunnel-agent exists in the
-// binaries built from this tree (and parses), and the systemd units pass
-// `systemd-analyze verify` with their hardening in place.
+// binaries built from this tree (and parses); the systemd units pass
+// `systemd-analyze verify` with their hardening in place; the RBAC covers
+// the server's client-go calls and the kubeconfig script writes a
+// kubeconfig for its user; promtool checks and unit-tests the alert rules.
+//
+// It also checks what is shipped: `make image` twice (one digest), the image
+// unpacked by umoci and its binaries run; `make release` twice (one
+// SHA256SUMS) and its archive unpacked and run.
 //
 // The Grafana dashboard is checked in ../process (dashboard_test.go),
 // against the metrics real processes export after real traffic.
@@ -43,6 +50,9 @@ var (
 func TestMain(m *testing.M) { os.Exit(runTests(m)) }
 
 func runTests(m *testing.M) int {
+	if state := os.Getenv(fakeKubectlEnv); state != "" { // kubeconfig_test.go
+		return fakeKubectl(state, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	}
 	var err error
 	if root, err = filepath.Abs(filepath.Join("..", "..")); err != nil {
 		fmt.Fprintf(os.Stderr, "deploy: %v\n", err)
@@ -65,9 +75,16 @@ func binPath(name string) string { return filepath.Join(binDir, name) }
 // exit code; it fails the test only if argv cannot run at all or overruns.
 func run(t *testing.T, argv ...string) (string, int) {
 	t.Helper()
+	return runIn(t, "", argv...)
+}
+
+// runIn is run in directory dir.
+func runIn(t *testing.T, dir string, argv ...string) (string, int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Dir = dir
 	cmd.WaitDelay = 2 * time.Second
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {

@@ -59,7 +59,7 @@ const (
 type LeaseConfig struct {
 	// Client reads, watches and writes the Leases (get, list, watch,
 	// create, update and delete on leases in Namespace;
-	// deploy/kubernetes/tunnel-server-rbac.yaml).
+	// deploy/kubernetes/base/tunnel-server-rbac.yaml).
 	Client kubernetes.Interface
 	// Namespace holds the replicas' Leases. Default DefaultLeaseNamespace.
 	Namespace string

@@ -27,7 +27,7 @@ import (
 // Config configures Nodes.
 type Config struct {
 	// Client reads and watches the Nodes (get, list and watch on nodes;
-	// deploy/kubernetes/tunnel-server-rbac.yaml).
+	// deploy/kubernetes/base/tunnel-server-rbac.yaml).
 	Client kubernetes.Interface
 	// DefaultRouteSelector names the nodes whose agents serve the default
 	// route by their labels (labels.Parse: "key=value", or "key" for any
