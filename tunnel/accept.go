@@ -204,13 +204,16 @@ func (s *Server) refuseFrontend(c net.Conn) {
 		c.Close()
 		return
 	}
-	s.spawn(func() {
+	ok := s.goConn(c, func() { // closes c if the server has closed
 		defer s.refusing.leave()
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(time.Second))
 		readConnect(bufio.NewReaderSize(c, s.cfg.MaxHeaderBytes), s.cfg.MaxHeaderBytes)
 		s.answer(c, http.StatusServiceUnavailable, fmt.Sprintf("server at its limit of %d frontend connections", s.cfg.MaxFrontendConns))
 	})
+	if !ok {
+		s.refusing.leave()
+	}
 }
 
 // maxRefusing bounds the refusals refuseFrontend answers at once.
