@@ -53,6 +53,8 @@ fuzz:
 		echo "fuzz $$t for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) ./tunnel/ || exit 1; \
 	done
+	@echo "fuzz the session layer's read loop (tunnel/mux FuzzReadFrame) for $(FUZZTIME)"
+	@$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime $(FUZZTIME) ./tunnel/mux/
 
 # The long runs of two tests `make test` runs short (README "Testing"):
 # TestChurn with 100,000 tunnels instead of 5,000 (without -race, a few
