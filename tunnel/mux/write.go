@@ -45,6 +45,8 @@ var batchPool = sync.Pool{New: func() any { return &batch{buf: make([]byte, 0, 6
 type batch struct {
 	buf     []byte
 	done    chan struct{} // closed once written; made when someone waits
+	turn    chan struct{} // closed when a writer hands the connection to this batch's waiters
+	handed  bool          // turn is closed
 	written bool
 	err     error
 	waiters int // callers that wait for this batch and will write it if need be
@@ -204,7 +206,7 @@ func (w *writer) waitWrittenLocked(b *batch) error {
 			w.runLocked(w.takeLocked()) // b is the pending batch
 			continue
 		}
-		if err := w.awaitLocked(); err != nil {
+		if err := w.awaitOwnLocked(b); err != nil {
 			return err
 		}
 	}
@@ -222,6 +224,29 @@ func (w *writer) awaitLocked() error {
 	w.unlock()
 	select {
 	case <-ch:
+		w.mu.Lock()
+		return nil
+	case <-w.dead:
+		err := w.deadErr()
+		w.mu.Lock()
+		return err
+	}
+}
+
+// awaitOwnLocked waits until b is written or its waiters are handed the
+// connection, releasing w.mu meanwhile.
+func (w *writer) awaitOwnLocked(b *batch) error {
+	done := b.doneChan()
+	if b.turn == nil {
+		b.turn = make(chan struct{})
+	}
+	turn := b.turn
+	w.unlock()
+	select {
+	case <-done:
+		w.mu.Lock()
+		return nil
+	case <-turn:
 		w.mu.Lock()
 		return nil
 	case <-w.dead:
@@ -249,23 +274,38 @@ func (w *writer) takeLocked() *batch {
 	return b
 }
 
-// runLocked writes b, which is in flight, then keeps writing while the next
-// pending batch has no waiter to write it. It returns without the role,
-// handing the connection to the next batch's waiters, who the end of b
-// wakes. Called and returns with w.mu held; drops it while writing.
+// runLocked writes b, which is in flight, then keeps writing the batches
+// that pile up meanwhile — so a busy session's frames go out without a
+// goroutine switch per batch, and each waiter wakes once, when its own
+// batch is written. After maxDrain batches with waiters it hands the
+// connection to the next batch's waiters (closing its turn), so its own
+// caller is not held up for long. Called and returns with w.mu held; drops
+// it while writing.
 func (w *writer) runLocked(b *batch) {
-	for {
+	for drained := 0; ; {
 		w.mu.Unlock()
 		err := w.write(b.buf)
 		w.mu.Lock()
 		w.finishLocked(b, err)
-		if w.err != nil || w.pending == nil || w.pending.waiters > 0 {
+		next := w.pending
+		if w.err != nil || next == nil || next.waiters > 0 && drained >= maxDrain {
 			w.writing = false
+			if next != nil && next.turn != nil && !next.handed {
+				next.handed = true
+				close(next.turn)
+			}
 			return
+		}
+		if next.waiters > 0 {
+			drained++
 		}
 		b = w.takeLocked()
 	}
 }
+
+// maxDrain bounds the batches with waiters a writer writes after its own
+// before it hands the connection on.
+const maxDrain = 8
 
 // finishLocked records the end of the write of b and wakes its waiters.
 func (w *writer) finishLocked(b *batch, err error) {
