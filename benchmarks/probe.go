@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/tunnel-project/tunnel/certs"
@@ -93,84 +92,21 @@ func loadProbePKI(caFile, certFile, keyFile string) (tls.Certificate, *x509.Cert
 // connections and goroutines that Close must end. Its zero value is not
 // usable; call newRelays.
 type relays struct {
-	ln     net.Listener
+	connServer
 	ctx    context.Context // cancelled by Close; bounds every dial
 	cancel context.CancelFunc
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
 }
 
 func newRelays(ln net.Listener) relays {
 	ctx, cancel := context.WithCancel(context.Background())
-	return relays{ln: ln, ctx: ctx, cancel: cancel, conns: make(map[net.Conn]struct{})}
-}
-
-// Addr returns the listener's address.
-func (r *relays) Addr() net.Addr { return r.ln.Addr() }
-
-// serve accepts connections until Close and runs handle on each in a
-// goroutine it owns; the connection is closed when handle returns.
-// Temporary accept errors (out of descriptors) are retried.
-func (r *relays) serve(handle func(net.Conn)) error {
-	var backoff time.Duration
-	for {
-		c, err := r.ln.Accept()
-		if errors.Is(err, net.ErrClosed) {
-			return nil
-		}
-		if err != nil {
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			time.Sleep(backoff)
-			continue
-		}
-		backoff = 0
-		if !r.track(c) {
-			return nil
-		}
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			defer r.untrack(c)
-			handle(c)
-		}()
-	}
+	return relays{connServer: connServer{ln: ln}, ctx: ctx, cancel: cancel}
 }
 
 // Close stops the listener, closes every connection and waits for their
 // goroutines.
 func (r *relays) Close() error {
 	r.cancel()
-	err := r.ln.Close()
-	r.mu.Lock()
-	r.closed = true
-	for c := range r.conns {
-		c.Close()
-	}
-	r.mu.Unlock()
-	r.wg.Wait()
-	return err
-}
-
-// track adds c to the connections Close closes; after Close it closes c
-// and returns false.
-func (r *relays) track(c net.Conn) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
-		c.Close()
-		return false
-	}
-	r.conns[c] = struct{}{}
-	return true
-}
-
-func (r *relays) untrack(c net.Conn) {
-	r.mu.Lock()
-	delete(r.conns, c)
-	r.mu.Unlock()
-	c.Close()
+	return r.closeAll()
 }
 
 // ProbeServer is the probe's first relay: it answers CONNECT requests and

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -25,83 +24,25 @@ const HeaderTimeout = 10 * time.Second
 // Target serves the benchmark protocol (see the package documentation) on a
 // listener. Its zero value is not usable; call NewTarget.
 type Target struct {
-	ln       net.Listener
-	mu       sync.Mutex
-	conns    map[net.Conn]struct{}
-	closed   bool
-	wg       sync.WaitGroup
+	connServer
 	failures atomic.Int64
 }
 
 // NewTarget returns a target for ln; call Serve to run it.
 func NewTarget(ln net.Listener) *Target {
-	return &Target{ln: ln, conns: make(map[net.Conn]struct{})}
+	return &Target{connServer: connServer{ln: ln}}
 }
-
-// Addr returns the listener's address.
-func (t *Target) Addr() net.Addr { return t.ln.Addr() }
 
 // Failures returns how many sink streams arrived corrupted.
 func (t *Target) Failures() int64 { return t.failures.Load() }
 
 // Serve accepts connections until Close, each served in a goroutine the
 // target owns. Temporary accept errors (out of descriptors) are retried.
-func (t *Target) Serve() error {
-	var backoff time.Duration
-	for {
-		c, err := t.ln.Accept()
-		if errors.Is(err, net.ErrClosed) {
-			return nil
-		}
-		if err != nil {
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			time.Sleep(backoff)
-			continue
-		}
-		backoff = 0
-		if !t.track(c) {
-			return nil
-		}
-		t.wg.Add(1)
-		go func() {
-			defer t.wg.Done()
-			defer t.untrack(c)
-			t.serveConn(c)
-		}()
-	}
-}
+func (t *Target) Serve() error { return t.serve(t.serveConn) }
 
 // Close stops the listener, closes every connection and waits for their
 // goroutines.
-func (t *Target) Close() error {
-	err := t.ln.Close()
-	t.mu.Lock()
-	t.closed = true
-	for c := range t.conns {
-		c.Close()
-	}
-	t.mu.Unlock()
-	t.wg.Wait()
-	return err
-}
-
-func (t *Target) track(c net.Conn) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
-		c.Close()
-		return false
-	}
-	t.conns[c] = struct{}{}
-	return true
-}
-
-func (t *Target) untrack(c net.Conn) {
-	t.mu.Lock()
-	delete(t.conns, c)
-	t.mu.Unlock()
-	c.Close()
-}
+func (t *Target) Close() error { return t.closeAll() }
 
 // serveConn reads the header and runs its mode.
 func (t *Target) serveConn(c net.Conn) {
