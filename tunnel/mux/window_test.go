@@ -61,12 +61,23 @@ func TestWindowBudget(t *testing.T) {
 	}
 }
 
+// checkWindows checks the windows against the budget in one snapshot: a
+// window grows (budget taken) and a stream leaves (budget given back) only
+// under its stream's lock, so holding every stream's lock at once sees a
+// consistent sum; one stream at a time could count a stream's window after
+// another had reused the budget it gave back.
 func checkWindows(t *testing.T, s *Session, streams []*Stream, budget int64) {
-	var extra int64
 	for _, st := range streams {
 		st.mu.Lock()
+	}
+	defer func() {
+		for _, st := range streams {
+			st.mu.Unlock()
+		}
+	}()
+	var extra int64
+	for _, st := range streams {
 		w, c, held, gone := st.window, st.credit, st.buf.held(), st.gone
-		st.mu.Unlock()
 		if w > s.cfg.MaxStreamWindow || c+held > w {
 			t.Errorf("stream %d: window %d, credit %d, held %d", st.id, w, c, held)
 		}

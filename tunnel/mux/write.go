@@ -220,40 +220,31 @@ func (w *writer) waitWrittenLocked(b *batch) error {
 // Frames already queued were copied, so returning early at the session's end
 // leaves no one reading a caller's buffer.
 func (w *writer) awaitLocked() error {
-	ch := w.inflight.doneChan()
-	w.unlock()
-	select {
-	case <-ch:
-		w.mu.Lock()
-		return nil
-	case <-w.dead:
-		err := w.deadErr()
-		w.mu.Lock()
-		return err
-	}
+	return w.sleepLocked(w.inflight.doneChan(), nil)
 }
 
 // awaitOwnLocked waits until b is written or its waiters are handed the
 // connection, releasing w.mu meanwhile.
 func (w *writer) awaitOwnLocked(b *batch) error {
-	done := b.doneChan()
 	if b.turn == nil {
 		b.turn = make(chan struct{})
 	}
-	turn := b.turn
+	return w.sleepLocked(b.doneChan(), b.turn)
+}
+
+// sleepLocked releases w.mu until one of the channels is closed (a nil one
+// never is) or the session ends, and takes it again.
+func (w *writer) sleepLocked(a, b <-chan struct{}) error {
 	w.unlock()
+	var err error
 	select {
-	case <-done:
-		w.mu.Lock()
-		return nil
-	case <-turn:
-		w.mu.Lock()
-		return nil
+	case <-a:
+	case <-b:
 	case <-w.dead:
-		err := w.deadErr()
-		w.mu.Lock()
-		return err
+		err = w.deadErr()
 	}
+	w.mu.Lock()
+	return err
 }
 
 // appendLocked encodes a frame onto the pending batch.
