@@ -21,7 +21,6 @@ package attack
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -51,6 +50,7 @@ import (
 	"time"
 
 	"github.com/tunnel-project/tunnel/e2e/internal/bins"
+	"github.com/tunnel-project/tunnel/e2e/internal/proctest"
 )
 
 var (
@@ -321,23 +321,8 @@ func foreignCA(t *testing.T) (*x509.Certificate, crypto.Signer) {
 // ---------------------------------------------------------------------------
 // Processes.
 
-// logBuffer collects a process's output; safe for concurrent use.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+// logBuffer collects a process's output (e2e/internal/proctest).
+type logBuffer = proctest.LogBuffer
 
 // tail returns the last n lines of s, saying how many it left out.
 func tail(s string, n int) string {
@@ -576,37 +561,11 @@ func startServer(t *testing.T, cs *certSet, o serverOpts) *server {
 	return s
 }
 
-// logValue returns the value of key in a slog text line, unquoted.
-func logValue(line, key string) string {
-	i := strings.Index(" "+line, " "+key+"=")
-	if i < 0 {
-		return ""
-	}
-	v := line[i+len(key)+1:]
-	if strings.HasPrefix(v, `"`) {
-		q, err := strconv.QuotedPrefix(v)
-		if err != nil {
-			return ""
-		}
-		s, _ := strconv.Unquote(q)
-		return s
-	}
-	if j := strings.IndexByte(v, ' '); j >= 0 {
-		v = v[:j]
-	}
-	return v
-}
+// logValue returns the value of key in a slog text line (e2e/internal/proctest).
+var logValue = proctest.LogValue
 
-// socketPath returns a short unix socket path (sun_path holds 108 bytes).
-func socketPath(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "tnl-atk-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return filepath.Join(dir, "connect.sock")
-}
+// socketPath returns a short unix socket path (e2e/internal/proctest).
+func socketPath(t *testing.T) string { return proctest.SocketPath(t) }
 
 // agentOpts configures startAgent.
 type agentOpts struct {

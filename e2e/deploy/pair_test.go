@@ -11,10 +11,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tunnel-project/tunnel/e2e/internal/proctest"
 )
 
 // A tunnel-server and a tunnel-agent started from one directory of
@@ -30,23 +31,8 @@ const (
 	nodeName     = "node-a"
 )
 
-// logBuffer collects a process's output; safe for concurrent use.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+// logBuffer collects a process's output (e2e/internal/proctest).
+type logBuffer = proctest.LogBuffer
 
 // startLogged starts argv; cleanup kills and reaps it and, if the test
 // failed, logs its output.

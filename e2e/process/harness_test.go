@@ -13,7 +13,6 @@
 package process
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -24,14 +23,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tunnel-project/tunnel/e2e/internal/bins"
+	"github.com/tunnel-project/tunnel/e2e/internal/proctest"
 )
 
 // Bounds on every wait in this package.
@@ -169,23 +166,8 @@ func (c *certSet) clientTLS(t *testing.T, withCert bool) *tls.Config {
 // ---------------------------------------------------------------------------
 // Processes.
 
-// logBuffer collects a process's stdout and stderr; safe for concurrent use.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+// logBuffer collects a process's output (e2e/internal/proctest).
+type logBuffer = proctest.LogBuffer
 
 // proc is a running child process whose output is captured.
 type proc struct {
@@ -394,38 +376,11 @@ func (s *server) waitListeners(t *testing.T, want []string) map[string]string {
 	return addrs
 }
 
-// logValue returns the value of key in a slog text line, unquoted.
-func logValue(line, key string) string {
-	i := strings.Index(" "+line, " "+key+"=")
-	if i < 0 {
-		return ""
-	}
-	v := line[i+len(key)+1:]
-	if strings.HasPrefix(v, `"`) {
-		q, err := strconv.QuotedPrefix(v)
-		if err != nil {
-			return ""
-		}
-		s, _ := strconv.Unquote(q)
-		return s
-	}
-	if j := strings.IndexByte(v, ' '); j >= 0 {
-		v = v[:j]
-	}
-	return v
-}
+// logValue returns the value of key in a slog text line (e2e/internal/proctest).
+var logValue = proctest.LogValue
 
-// socketPath returns a short path for a unix socket (sun_path holds 108
-// bytes, and t.TempDir paths grow with the test name).
-func socketPath(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "tnl-uds-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return filepath.Join(dir, "connect.sock")
-}
+// socketPath returns a short unix socket path (e2e/internal/proctest).
+func socketPath(t *testing.T) string { return proctest.SocketPath(t) }
 
 // agentOpts configures startAgent.
 type agentOpts struct {
