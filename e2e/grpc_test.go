@@ -31,11 +31,11 @@ func TestEgressSelectorGRPC(t *testing.T) {
 	t.Run("close", func(t *testing.T) { testGRPCClose(t, dial, tg) })
 	t.Run("no-agent", func(t *testing.T) {
 		for _, host := range []string{absentNodeIP, absentNodeName} {
-			expectDialError(t, dial, net.JoinHostPort(host, "10250"), "no agent for "+host)
+			expectDialError(t, dial, net.JoinHostPort(host, "10250"), "code 502", "no agent for "+host)
 		}
 	})
 	t.Run("connection-refused", func(t *testing.T) {
-		expectDialError(t, dial, tg.closed, "dial "+tg.closed+": connection refused")
+		expectDialError(t, dial, tg.closed, "code 502", "dial "+tg.closed+": connection refused")
 	})
 }
 

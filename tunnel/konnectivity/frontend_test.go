@@ -189,7 +189,8 @@ func TestGRPCFrontendEcho(t *testing.T) {
 }
 
 // TestGRPCFrontendDialErrors wants each failure as a DIAL_RSP with the
-// reason CONNECT would put in its status line, and no connectID.
+// status code and reason CONNECT would put in its status line, and no
+// connectID.
 func TestGRPCFrontendDialErrors(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	h := newHarness(t, func(c *tunnel.ServerConfig) { c.Registerer = reg })
@@ -200,10 +201,10 @@ func TestGRPCFrontendDialErrors(t *testing.T) {
 	closed.Close()
 
 	for _, tc := range []struct{ protocol, addr, want, result string }{
-		{"tcp", "127.0.0.9:10250", "no agent for 127.0.0.9", "no_agent"},
-		{"tcp", "node-b:10250", "no agent for node-b", "no_agent"},
-		{"tcp", refused, "dial " + refused + ": connection refused", "refused"},
-		{"udp", "127.0.0.1:53", "protocol \"udp\" not supported", "bad_request"},
+		{"tcp", "127.0.0.9:10250", "code 502 (Bad Gateway): no agent for 127.0.0.9", "no_agent"},
+		{"tcp", "node-b:10250", "code 502 (Bad Gateway): no agent for node-b", "no_agent"},
+		{"tcp", refused, "code 502 (Bad Gateway): dial " + refused + ": connection refused", "refused"},
+		{"udp", "127.0.0.1:53", "code 400 (Bad Request): bad destination 127.0.0.1:53 (protocol \"udp\" not supported", "bad_request"},
 		{"tcp", "127.0.0.1", "is not host:port", "bad_request"},
 		{"tcp", "127.0.0.1:+9000", "not a number from 1 to 65535", "bad_request"},
 	} {

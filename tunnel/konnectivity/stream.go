@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -66,7 +67,7 @@ func (ps *proxyStream) dial(req *proxy.DialRequest) error {
 	if err := checkDialRequest(req); err != nil {
 		ps.f.log.Info("grpc frontend request rejected", "err", err.Error())
 		ps.count(tunnel.ResultBadRequest.String())
-		return ps.answerDial(req.Random, 0, err.Error())
+		return ps.answerDial(req.Random, 0, dialReason(err))
 	}
 	tun, err := s.Dial(ps.dialCtx, req.Address)
 	if ps.dialCtx.Err() != nil { // DIAL_CLS, or the client left: nobody to answer
@@ -78,7 +79,7 @@ func (ps *proxyStream) dial(req *proxy.DialRequest) error {
 	}
 	ps.count(resultOf(err))
 	if err != nil {
-		return ps.answerDial(req.Random, 0, err.Error())
+		return ps.answerDial(req.Random, 0, dialReason(err))
 	}
 	id := ps.f.connIDs.Add(1)
 	ps.connID.Store(id)
@@ -109,6 +110,19 @@ func resultOf(err error) string {
 		return de.Result.String()
 	}
 	return tunnel.ResultError.String()
+}
+
+// dialReason is the text of a failed dial for DIAL_RSP. kube-apiserver
+// shows it as the whole error, so it leads with the status code the HTTP
+// frontends would answer with: "code 502 (Bad Gateway): no agent for
+// 10.0.1.5", the same facts in either egress mode.
+func dialReason(err error) string {
+	code := http.StatusBadGateway
+	var de *tunnel.DialError
+	if errors.As(err, &de) {
+		code = de.HTTPStatus()
+	}
+	return fmt.Sprintf("code %d (%s): %s", code, http.StatusText(code), err.Error())
 }
 
 // quoteShort quotes s for an error message, cut to a readable length.
