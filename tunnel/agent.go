@@ -75,6 +75,10 @@ type AgentConfig struct {
 	// agent's context ends (it has told the server to route nothing new to
 	// it). Default 30s.
 	DrainTimeout time.Duration
+	// DrainIdle is how long, during a drain, a tunnel must have been quiet
+	// since its node side last sent for the drain to close it as an idle
+	// keep-alive (quiet.go). Default 3s.
+	DrainIdle time.Duration
 	// Dial, if set, replaces net.Dialer for reaching destinations (a
 	// special network, or a test that must see which agent dialed).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -100,6 +104,7 @@ func DefaultAgentConfig() AgentConfig {
 		MaxDialTimeout:   30 * time.Second,
 		HandshakeTimeout: 10 * time.Second,
 		DrainTimeout:     30 * time.Second,
+		DrainIdle:        3 * time.Second,
 		MinBackoff:       500 * time.Millisecond,
 		MaxBackoff:       30 * time.Second,
 		StableAfter:      30 * time.Second,
@@ -135,6 +140,7 @@ func (c *AgentConfig) Validate() error {
 		checkPositive("MaxDialTimeout", c.MaxDialTimeout),
 		checkPositive("HandshakeTimeout", c.HandshakeTimeout),
 		checkPositive("DrainTimeout", c.DrainTimeout),
+		checkPositive("DrainIdle", c.DrainIdle),
 		checkPositive("MinBackoff", c.MinBackoff),
 		checkPositive("ProbeInterval", c.ProbeInterval),
 		checkPositive("KeepaliveInterval", c.KeepaliveInterval),
@@ -461,8 +467,9 @@ func (a *Agent) connect(ctx context.Context, addr string) (*agentSession, error)
 func (a *Agent) serve(ctx context.Context, s *agentSession) error {
 	sess := s.sess
 	var streams inflight
+	var open tunnelSet
 	drained := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() { defer close(drained); a.drain(sess, s.ctrl, &streams) })
+	stop := context.AfterFunc(ctx, func() { defer close(drained); a.drain(sess, s.ctrl, &streams, &open) })
 	defer func() {
 		if !stop() { // the drain started: it ends with the session, closed below
 			<-drained
@@ -492,7 +499,7 @@ func (a *Agent) serve(ctx context.Context, s *agentSession) error {
 		go func() {
 			defer a.wg.Done()
 			defer streams.end()
-			a.serveStream(ctx, st)
+			a.serveStream(ctx, st, &open)
 		}()
 	}
 }
@@ -575,8 +582,9 @@ func (a *Agent) hello(ctx context.Context, sess Session) (net.Conn, HelloReply, 
 	return ctrl, reply, nil
 }
 
-// serveStream answers one dial request and then carries its bytes.
-func (a *Agent) serveStream(ctx context.Context, st net.Conn) {
+// serveStream answers one dial request and then carries its bytes, as one
+// of open's tunnels.
+func (a *Agent) serveStream(ctx context.Context, st net.Conn, open *tunnelSet) {
 	st.SetReadDeadline(time.Now().Add(a.cfg.HandshakeTimeout))
 	payload, err := readFrame(st, frameDialRequest)
 	if err != nil {
@@ -615,7 +623,9 @@ func (a *Agent) serveStream(ctx context.Context, st net.Conn) {
 	}
 	a.metrics.streamsOpen.Inc()
 	defer a.metrics.streamsOpen.Dec()
-	pipe(st, target, a.metrics.toNode, a.metrics.fromNode)
+	use, untrack := open.track(target)
+	defer untrack()
+	pipe(st, target, useCounter{a.metrics.toNode, use, false}, useCounter{a.metrics.fromNode, use, true})
 }
 
 // errServerGaveUp cancels a dial whose server stopped waiting for it.

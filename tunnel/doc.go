@@ -56,6 +56,7 @@
 //
 //	copy.go              the copy path every tunneled byte takes
 //	drain.go             draining: the server's Shutdown, the agent's drain frame
+//	quiet.go             the agent's drain closes idle keep-alive tunnels
 //
 // The SSH transport and the SSH fallback:
 //

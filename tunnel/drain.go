@@ -68,25 +68,44 @@ func (f *inflight) count() int {
 }
 
 // drain runs when the agent's context ends during a registered session:
-// it tells the server on the control stream, waits for the session's
-// tunnels up to DrainTimeout, and closes the session. It ends at the latest
+// it tells the server on the control stream, then waits for the session's
+// tunnels up to DrainTimeout and closes the session. It ends at the latest
 // when the session does, and serve waits for it.
-func (a *Agent) drain(sess Session, ctrl net.Conn, streams *inflight) {
+//
+// Waiting is not all it does: kube-apiserver keeps idle keep-alive
+// connections open for minutes, and a drain that waited for them would
+// always last the whole DrainTimeout. So while it waits, the drain closes
+// each tunnel that looks like a keep-alive between requests (quiet.go).
+func (a *Agent) drain(sess Session, ctrl net.Conn, streams *inflight, open *tunnelSet) {
 	ctrl.SetWriteDeadline(time.Now().Add(a.cfg.HandshakeTimeout))
 	if err := writeFrame(ctrl, frameDrain, nil); err != nil {
 		a.log.Warn("could not tell the server this agent is draining", "err", err)
 	}
 	idle := streams.drain()
-	a.log.Info("draining", "tunnels", streams.count(), "timeout", a.cfg.DrainTimeout)
-	t := time.NewTimer(a.cfg.DrainTimeout)
-	defer t.Stop()
-	select {
-	case <-idle:
-	case <-t.C:
-		a.log.Warn("drain timeout passed; closing the tunnels still open", "tunnels", streams.count())
-	case <-sess.Done():
+	a.log.Info("draining", "tunnels", streams.count(), "timeout", a.cfg.DrainTimeout, "idle_after", a.cfg.DrainIdle)
+	start := time.Now()
+	deadline := time.NewTimer(a.cfg.DrainTimeout)
+	defer deadline.Stop()
+	check := time.NewTimer(0)
+	defer check.Stop()
+	for {
+		select {
+		case <-idle:
+			a.log.Info("drained", "took", time.Since(start).Round(time.Millisecond))
+		case <-deadline.C:
+			a.log.Warn("drain timeout passed; closing the tunnels still open", "tunnels", streams.count())
+		case <-sess.Done():
+		case now := <-check.C:
+			quiet, every := drainQuiet(a.cfg.DrainIdle, a.cfg.DrainTimeout, now.Sub(start))
+			if n := open.closeQuiet(now, quiet); n > 0 {
+				a.log.Info("closed tunnels idle between requests", "tunnels", n, "quiet_for", quiet)
+			}
+			check.Reset(every)
+			continue
+		}
+		sess.Close()
+		return
 	}
-	sess.Close()
 }
 
 // watchDrain reads the agent's control stream after registration; a drain

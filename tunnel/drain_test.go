@@ -3,6 +3,8 @@ package tunnel
 import (
 	"context"
 	"errors"
+	"io"
+	"os"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -70,6 +72,7 @@ func TestAgentDrain(t *testing.T) {
 	h := newHarness(t, nil)
 	cfg := h.agentConfig("node-a")
 	cfg.DrainTimeout = time.Minute
+	cfg.DrainIdle = time.Minute // the open tunnel is not an idle one here
 	agent := h.startAgent(cfg)
 	echo := startEcho(t, "127.0.0.1:0")
 	c := h.mustConnect(echo)
@@ -95,6 +98,109 @@ func TestAgentDrain(t *testing.T) {
 	case <-stopped:
 	case <-time.After(5 * time.Second):
 		t.Fatal("agent did not stop after its last tunnel closed")
+	}
+}
+
+// TestAgentDrainClosesIdleTunnels: a drain closes, with a clean EOF, a
+// tunnel whose node answered last and that stayed quiet for DrainIdle (a
+// keep-alive between requests), and ends as soon as nothing else is open;
+// a tunnel whose request is not yet answered stays open until it is.
+func TestAgentDrainClosesIdleTunnels(t *testing.T) {
+	h := newHarness(t, nil)
+	cfg := h.agentConfig("node-a")
+	cfg.DrainTimeout = time.Minute
+	cfg.DrainIdle = 200 * time.Millisecond
+	agent := h.startAgent(cfg)
+	echo := startEcho(t, "127.0.0.1:0")
+	idle := h.mustConnect(echo)
+	if err := echoCheck(idle, 1<<10); err != nil {
+		t.Fatal(err)
+	}
+	// A target that reads a request and answers only when told to.
+	slowLn := listenTCP(t, "127.0.0.1:0")
+	answer := make(chan struct{})
+	go func() {
+		c, err := slowLn.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.ReadFull(c, make([]byte, 5))
+		<-answer
+		c.Write([]byte("reply"))
+		io.Copy(io.Discard, c)
+	}()
+	waiting := h.mustConnect(slowLn.Addr().String())
+	if _, err := waiting.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	stopped := make(chan struct{})
+	go func() { agent.stop(); close(stopped) }()
+	idle.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := idle.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("idle tunnel during the drain: read %d bytes, %v; want a clean EOF", n, err)
+	}
+	t.Logf("idle tunnel closed %s into the drain", time.Since(start).Round(time.Millisecond))
+	idle.Close() // as an HTTP client drops a connection the server closed
+	select {
+	case <-stopped:
+		t.Fatal("agent stopped while a request waited for its answer")
+	case <-time.After(3 * cfg.DrainIdle):
+	}
+	close(answer)
+	got := make([]byte, 5)
+	waiting.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(waiting, got); err != nil || string(got) != "reply" {
+		t.Fatalf("answer to the request sent before the drain: %q, %v", got, err)
+	}
+	if err := waitClosed(waiting, 10*time.Second); err != nil {
+		t.Fatalf("answered tunnel during the drain: %v", err)
+	}
+	waiting.Close()
+	select { // now it is an idle tunnel too
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent did not stop once only idle tunnels were left")
+	}
+}
+
+// TestAgentDrainClosesBusyTunnelBetweenRequests: a tunnel never quiet for
+// DrainIdle (requests one after another) is closed in the last quarter of
+// DrainTimeout in a pause after an answer, not cut mid-request at the
+// timeout: every request sent gets its answer.
+func TestAgentDrainClosesBusyTunnelBetweenRequests(t *testing.T) {
+	h := newHarness(t, nil)
+	cfg := h.agentConfig("node-a")
+	cfg.DrainTimeout = 2 * time.Second
+	cfg.DrainIdle = time.Minute
+	agent := h.startAgent(cfg)
+	c := h.mustConnect(startEcho(t, "127.0.0.1:0"))
+
+	start := time.Now()
+	go agent.stop()
+	req, resp := []byte("request"), make([]byte, 7)
+	for n := 0; ; n++ {
+		// Between requests, read as an HTTP client's idle connection does:
+		// an EOF here is the server closing an idle connection.
+		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := c.Read(resp[:1]); err == io.EOF {
+			t.Logf("closed between requests %s into the drain, after %d requests", time.Since(start).Round(time.Millisecond), n)
+			if d := time.Since(start); d < cfg.DrainTimeout/2 {
+				t.Fatalf("closed after %s, before the last quarter of the %s drain", d, cfg.DrainTimeout)
+			}
+			return
+		} else if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("between requests: %v", err)
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write(req); err != nil {
+			t.Fatalf("request %d: %v", n, err)
+		}
+		if _, err := io.ReadFull(c, resp); err != nil {
+			t.Fatalf("request %d, %s into the drain, lost its answer: %v", n, time.Since(start).Round(time.Millisecond), err)
+		}
 	}
 }
 
