@@ -34,15 +34,16 @@ import (
 // keeps it longer, up to DrainTimeout.
 
 // drainLastQuiet is the quiet that marks a pause between requests in the
-// last quarter of a drain: longer than a busy peer's turn-around between
-// an answer and its next request on loopback or a LAN.
-const drainLastQuiet = 20 * time.Millisecond
+// last quarter of a drain: longer than the gaps inside one answer, shorter
+// than the gaps between requests of a peer sending fifty a second on one
+// connection (20 ms apart).
+const drainLastQuiet = 5 * time.Millisecond
 
 // drainQuiet returns, for a drain elapsed into timeout, how long a tunnel
 // must have been quiet to be closed, and how soon to look again.
 func drainQuiet(idle, timeout, elapsed time.Duration) (quiet, every time.Duration) {
 	if elapsed >= timeout-timeout/4 {
-		return drainLastQuiet, drainLastQuiet / 4
+		return drainLastQuiet, drainLastQuiet / 5
 	}
 	return idle, min(idle/4, 250*time.Millisecond)
 }
