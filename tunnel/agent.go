@@ -547,7 +547,7 @@ const endedBeforeReply = "the server ended the session before answering the hell
 // hello opens the control stream and registers; the stream stays open for
 // the session's life, and hello returns it.
 func (a *Agent) hello(ctx context.Context, sess Session) (net.Conn, HelloReply, error) {
-	h := Hello{Version: ProtocolVersion, Node: a.cfg.NodeName, IPs: a.cfg.NodeIPs,
+	h := Hello{Version: ProtocolVersion, MinVersion: MinProtocolVersion, Node: a.cfg.NodeName, IPs: a.cfg.NodeIPs,
 		PodCIDRs: a.cfg.PodCIDRs, DefaultRoute: a.cfg.DefaultRoute, Agent: "tunnel-agent", Held: a.heldIDs()}
 	hello, err := appendJSONFrame(nil, frameHello, h)
 	if err != nil {
@@ -568,8 +568,8 @@ func (a *Agent) hello(ctx context.Context, sess Session) (net.Conn, HelloReply, 
 	if err != nil {
 		return nil, reply, err
 	}
-	if reply.Error == "" && reply.Version != ProtocolVersion {
-		return nil, reply, fmt.Errorf("server answered with protocol version %d; this agent speaks %d", reply.Version, ProtocolVersion)
+	if reply.Error == "" && (reply.Version < MinProtocolVersion || reply.Version > ProtocolVersion) {
+		return nil, reply, fmt.Errorf("server picked protocol version %d; this agent speaks %d to %d", reply.Version, MinProtocolVersion, ProtocolVersion)
 	}
 	if reply.Error != "" {
 		err := &RejectedError{Reason: reply.Error, ServerID: reply.ServerID, Held: reply.Held}

@@ -85,7 +85,7 @@ func (s *Server) welcome(a *agentConn, ctrl net.Conn) error {
 	defer a.ctrlMu.Unlock()
 	ctrl.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	defer ctrl.SetDeadline(time.Time{})
-	err := encodeJSONFrame(ctrl, frameHelloReply, HelloReply{Version: ProtocolVersion, ServerID: s.cfg.ID,
+	err := encodeJSONFrame(ctrl, frameHelloReply, HelloReply{Version: a.version, ServerID: s.cfg.ID,
 		ServerCount: s.replicaCount(), Address: s.cfg.AdvertiseAddress, Peers: s.peers()})
 	if err == nil {
 		a.ctrl = ctrl

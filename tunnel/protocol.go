@@ -18,8 +18,15 @@ import (
 //
 //	type (1 byte) | length (2 bytes, big-endian) | payload (length bytes)
 
-// ProtocolVersion is the version of the tunnel protocol this build speaks.
-const ProtocolVersion = 1
+// ProtocolVersion and MinProtocolVersion are the newest and the oldest
+// versions of the tunnel protocol this build speaks. The agent offers the
+// range in its hello and the server picks the newest both speak
+// (PROTOCOL.md, "Versioning"); a release keeps speaking the version before
+// its own, so servers can be upgraded first and agents after.
+const (
+	ProtocolVersion    = 1
+	MinProtocolVersion = 1
+)
 
 // Frame types (PROTOCOL.md, "Frames").
 const (
@@ -97,8 +104,10 @@ func readAnyFrame(r io.Reader) (typ byte, payload []byte, err error) {
 // control stream. It says who the agent is and what it can reach; the server
 // accepts only what the agent's credential proves (DESIGN.md section 4).
 type Hello struct {
-	// Version is the protocol version the agent speaks.
+	// Version is the newest protocol version the agent speaks.
 	Version int `json:"version"`
+	// MinVersion is the oldest it speaks; zero means Version alone.
+	MinVersion int `json:"minVersion,omitempty"`
 	// Node is the node name the agent claims; its certificate must prove it.
 	Node string `json:"node"`
 	// IPs are the node's addresses; dials to them go to this agent.
@@ -201,6 +210,30 @@ func decodeHello(payload []byte) (Hello, error) {
 		return h, fmt.Errorf("tunnel: bad hello: %w", err)
 	}
 	return h, nil
+}
+
+// negotiateVersion picks the newest protocol version both this build and
+// an agent offering h speak, or explains why there is none.
+func negotiateVersion(h Hello) (int, error) {
+	lo := h.MinVersion
+	if lo == 0 {
+		lo = h.Version
+	}
+	v := min(h.Version, ProtocolVersion)
+	if v < max(lo, MinProtocolVersion) {
+		return 0, fmt.Errorf("the agent speaks protocol versions %d to %d, this server %d to %d: upgrade the %s",
+			lo, h.Version, MinProtocolVersion, ProtocolVersion, olderSide(h.Version))
+	}
+	return v, nil
+}
+
+// olderSide names the side to upgrade when an agent that speaks up to
+// version agentMax and this server share no version.
+func olderSide(agentMax int) string {
+	if agentMax < ProtocolVersion {
+		return "agent"
+	}
+	return "server"
 }
 
 func decodeHelloReply(payload []byte) (HelloReply, error) {

@@ -3,10 +3,12 @@ package tunnel
 import (
 	"bufio"
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -181,4 +183,75 @@ func FuzzDecodeHello(f *testing.F) {
 			t.Fatalf("hello changed in a round trip: %s then %s", once, twice)
 		}
 	})
+}
+
+// TestProtocolExamples: the hex examples in PROTOCOL.md are, in order,
+// exactly what this build's encoders write for the values they describe.
+func TestProtocolExamples(t *testing.T) {
+	doc, err := os.ReadFile("PROTOCOL.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	jsonFrame := func(typ byte, v any) []byte {
+		b, err := appendJSONFrame(nil, typ, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	drain, _ := appendFrame(nil, frameDrain, nil)
+	want := [][]byte{
+		jsonFrame(frameHello, Hello{Version: 1, Node: "worker-1"}),
+		jsonFrame(frameHelloReply, HelloReply{Version: 1, ServerID: "3f2a9c0d1e4b5a69"}),
+		appendDialRequest(nil, dialRequest{ID: 42, Timeout: 30 * time.Second, Address: "10.0.3.7:10250"}),
+		appendDialResponse(nil, dialResponse{Result: ResultOK}),
+		appendDialResponse(nil, dialResponse{Result: ResultRefused, Message: "connect: connection refused"}),
+		drain,
+		jsonFrame(frameReplicas, replicaCount{ServerCount: 2}),
+		jsonFrame(frameGoodbye, goodbye{Reason: "server stopping"}),
+	}
+	var got [][]byte
+	for _, line := range strings.Split(string(doc), "\n") {
+		if len(line) < 3 || line[2] != ' ' || !strings.Contains("0123456789abcdef", line[:1]) {
+			continue
+		}
+		b, err := hex.DecodeString(strings.ReplaceAll(line, " ", ""))
+		if err != nil {
+			continue // not a hex line
+		}
+		got = append(got, b)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("PROTOCOL.md has %d hex examples, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Errorf("example %d:\n doc  %x\n code %x", i+1, got[i], want[i])
+		}
+	}
+}
+
+// TestNegotiateVersion: the newest version both ends speak, or a refusal
+// that names the side to upgrade.
+func TestNegotiateVersion(t *testing.T) {
+	for _, tc := range []struct {
+		h       Hello
+		want    int
+		upgrade string
+	}{
+		{Hello{Version: 1}, 1, ""},
+		{Hello{Version: 1, MinVersion: 1}, 1, ""},
+		{Hello{Version: ProtocolVersion + 1, MinVersion: 1}, ProtocolVersion, ""},
+		{Hello{Version: ProtocolVersion + 1}, 0, "upgrade the server"},
+		{Hello{Version: MinProtocolVersion - 1}, 0, "upgrade the agent"},
+		{Hello{Version: 0}, 0, "upgrade the agent"},
+	} {
+		v, err := negotiateVersion(tc.h)
+		if tc.upgrade == "" && (err != nil || v != tc.want) {
+			t.Errorf("%+v: version %d, %v; want %d", tc.h, v, err, tc.want)
+		}
+		if tc.upgrade != "" && (err == nil || !strings.Contains(err.Error(), tc.upgrade)) {
+			t.Errorf("%+v: version %d, %v; want an error saying %q", tc.h, v, err, tc.upgrade)
+		}
+	}
 }

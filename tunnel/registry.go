@@ -16,6 +16,7 @@ import (
 // agentConn is a registered agent session and the routes it holds.
 type agentConn struct {
 	node         string
+	version      int // the protocol version the session speaks
 	sess         Session
 	ips          []netip.Addr
 	cidrs        []netip.Prefix
@@ -131,7 +132,7 @@ func (s *Server) sayGoodbye(a *agentConn, reason string) {
 // refuse answers a hello with r, which says why nothing was registered,
 // and waits a while for the agent to close the session.
 func (s *Server) refuse(ctrl net.Conn, r HelloReply) {
-	r.Version, r.ServerID, r.ServerCount = ProtocolVersion, s.cfg.ID, s.replicaCount()
+	r.Version, r.ServerID, r.ServerCount = ProtocolVersion, s.cfg.ID, s.replicaCount() // a refusal's version is informational
 	ctrl.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	encodeJSONFrame(ctrl, frameHelloReply, r)
 	// Closing at once could end the session before the agent reads the
@@ -163,15 +164,17 @@ func readHello(ctx context.Context, sess Session) (net.Conn, Hello, error) {
 func (s *Server) admit(sess Session, h Hello) (*agentConn, error) {
 	peer := sess.Peer()
 	node := strings.ToLower(h.Node)
+	version, err := negotiateVersion(h)
+	if err != nil {
+		return nil, rejection(RejectVersion, "%s", err)
+	}
 	switch {
-	case h.Version != ProtocolVersion:
-		return nil, rejection(RejectVersion, "protocol version %d not supported (server speaks %d)", h.Version, ProtocolVersion)
 	case node == "":
 		return nil, rejection(RejectIdentity, "hello names no node")
 	case !peer.provesNode(node):
 		return nil, rejection(RejectIdentity, "certificate %q does not prove node name %q (want CN=system:node:%s or a DNS SAN %s)", peer.Subject, h.Node, node, node)
 	}
-	a := &agentConn{node: node, sess: sess, done: sess.Done(), defaultRoute: h.DefaultRoute}
+	a := &agentConn{node: node, version: version, sess: sess, done: sess.Done(), defaultRoute: h.DefaultRoute}
 	if s.cfg.Nodes != nil {
 		return s.admitNode(a, h) // nodes.go: routes from the node source
 	}
