@@ -2,6 +2,8 @@ package deploy
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -23,16 +25,23 @@ var helpFlagRE = regexp.MustCompile(`(?m)^\s+(?:-[A-Za-z0-9], )?--([a-z0-9][a-z0
 // helpFlags returns the flags `binary --help` lists.
 func helpFlags(t *testing.T, binary string) map[string]bool {
 	t.Helper()
-	out, code := run(t, binPath(binary), "--help")
+	return commandFlags(t, binary)
+}
+
+// commandFlags returns the flags `binary [subcommand] --help` lists.
+func commandFlags(t *testing.T, binary string, subcommand ...string) map[string]bool {
+	t.Helper()
+	argv := append(append([]string{binPath(binary)}, subcommand...), "--help")
+	out, code := run(t, argv...)
 	if code != 0 {
-		t.Fatalf("%s --help exited %d:\n%s", binary, code, out)
+		t.Fatalf("%q exited %d:\n%s", argv, code, out)
 	}
 	flags := map[string]bool{}
 	for _, m := range helpFlagRE.FindAllStringSubmatch(out, -1) {
 		flags[m[1]] = true
 	}
-	if len(flags) < 5 {
-		t.Fatalf("found only %d flags in %s --help:\n%s", len(flags), binary, out)
+	if len(flags) < 2 {
+		t.Fatalf("found only %d flags in %q:\n%s", len(flags), argv, out)
 	}
 	return flags
 }
@@ -138,4 +147,106 @@ func TestFlagNameParsing(t *testing.T) {
 	if want := []string{"agent-listen-address", "verbose", "dial-timeout"}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("flags in help text: %q, want %q", got, want)
 	}
+}
+
+// flagReference is the flag reference, relative to the repository root:
+// one "## " section per command, each with tables whose rows start with
+// the flags they describe.
+const flagReference = "docs/flags.md"
+
+// flagSections maps each "## " heading of flagReference to the command
+// whose --help it documents.
+var flagSections = map[string][]string{
+	serverName:            {serverName},
+	agentName:             {agentName},
+	serverName + " certs": {serverName, "certs"},
+	serverName + " demo":  {serverName, "demo"},
+}
+
+// tableFlagRE matches a flag in the first cell of a table row.
+var tableFlagRE = regexp.MustCompile("`--([a-z0-9][a-z0-9-]*)")
+
+// referenceFlags returns, for each "## " section of md, the flags its table
+// rows start with (a row's first cell may name several); subsections
+// ("### ") belong to their section. Rows before the first section are
+// attributed to "".
+func referenceFlags(md string) map[string]map[string]bool {
+	out := map[string]map[string]bool{}
+	section := ""
+	for _, line := range strings.Split(md, "\n") {
+		if h, ok := strings.CutPrefix(line, "## "); ok {
+			section = strings.TrimSpace(h)
+			out[section] = map[string]bool{}
+			continue
+		}
+		cells := strings.Split(line, "|")
+		if !strings.HasPrefix(line, "|") || len(cells) < 3 {
+			continue
+		}
+		for _, m := range tableFlagRE.FindAllStringSubmatch(cells[1], -1) {
+			if out[section] == nil {
+				out[section] = map[string]bool{}
+			}
+			out[section][m[1]] = true
+		}
+	}
+	return out
+}
+
+// TestFlagReference requires docs/flags.md to describe exactly the flags
+// each command's --help lists: none missing, none that no longer exists.
+func TestFlagReference(t *testing.T) {
+	md, err := os.ReadFile(filepath.Join(root, filepath.FromSlash(flagReference)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := referenceFlags(string(md))
+	for section, flags := range documented {
+		if _, ok := flagSections[section]; !ok && len(flags) > 0 {
+			t.Errorf("%s: section %q documents flags %v of no known command", flagReference, section, keys(flags))
+		}
+	}
+	for section, argv := range flagSections {
+		doc, ok := documented[section]
+		if !ok {
+			t.Errorf("%s has no section \"## %s\"", flagReference, section)
+			continue
+		}
+		help := commandFlags(t, argv[0], argv[1:]...)
+		for _, f := range keys(help) {
+			if !doc[f] {
+				t.Errorf("%s: --%s (in %s --help) is not in %s, section %q", section, f, strings.Join(argv, " "), flagReference, section)
+			}
+		}
+		for _, f := range keys(doc) {
+			if !help[f] {
+				t.Errorf("%s, section %q: --%s is not a flag of %s", flagReference, section, f, strings.Join(argv, " "))
+			}
+		}
+	}
+}
+
+func TestReferenceFlags(t *testing.T) {
+	md := "# Flags\n| `--stray` | x |\n## a\n| flag | d |\n|---|---|\n| `--one`, `--two` | `--not-this` |\n" +
+		"### sub\n| `--three` | x |\ntext `--nor-this`\n## b\n| `--four` |\n"
+	got := referenceFlags(md)
+	want := map[string][]string{"": {"stray"}, "a": {"one", "three", "two"}, "b": {"four"}}
+	if len(got) != len(want) {
+		t.Errorf("sections %v, want %v", got, want)
+	}
+	for s, flags := range want {
+		if fmt.Sprint(keys(got[s])) != fmt.Sprint(flags) {
+			t.Errorf("section %q: %v, want %v", s, keys(got[s]), flags)
+		}
+	}
+}
+
+// keys returns m's keys, sorted.
+func keys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
