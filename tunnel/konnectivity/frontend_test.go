@@ -346,8 +346,8 @@ func TestGRPCFrontendDraining(t *testing.T) {
 	waitFor(t, "draining", h.srv.Draining)
 	c := openProxy(t, path)
 	c.dialRequest("tcp", echo, 5)
-	if r := c.dialResponse(5); r.Error != "server draining" {
-		t.Errorf("dial while draining: %q, want server draining", r.Error)
+	if r := c.dialResponse(5); r.Error != "code 503 (Service Unavailable): server draining" {
+		t.Errorf("dial while draining: %q, want code 503 (Service Unavailable): server draining", r.Error)
 	}
 	open.data(id, []byte("ping"))
 	if got := open.readData(id, 4); string(got) != "ping" {
