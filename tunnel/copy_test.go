@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -220,5 +221,107 @@ func TestCopyWrappedEOFIsAFailure(t *testing.T) {
 	}
 	if _, err := copyAdaptive(io.Discard, strings.NewReader("x"), nil); err != nil {
 		t.Fatalf("io.EOF: %v", err)
+	}
+}
+
+// TestFastLaneUnderBackpressure: a session stream piped to a TCP socket
+// whose reader is slow, so that the read loop's direct writes (the fast
+// lane) meet a full socket and hand the rest to the copier, over and over;
+// messages of every size arrive whole and in order, and the count holds.
+func TestFastLaneUnderBackpressure(t *testing.T) {
+	// Small socket buffers, set before connecting (shrinking them on an
+	// open connection can stall TCP), so the socket is often full.
+	small := func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) {
+			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 8<<10)
+			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 8<<10)
+		})
+	}
+	ln, err := (&net.ListenConfig{Control: small}).Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pair := func() (net.Conn, net.Conn) {
+		c, err := (&net.Dialer{Control: small}).Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, s
+	}
+	sc, ss := pair()
+	client, err := mux.Client(sc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := mux.Server(ss, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a, err := client.Open(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := server.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, reader := pair()
+	var count byteCount
+	piped := make(chan int64, 1)
+	go func() { piped <- copyHalf(dst, b, &count) }()
+
+	var sent bytes.Buffer
+	wrote := make(chan struct{})
+	go func() {
+		defer close(wrote)
+		rng := rand.New(rand.NewPCG(1, 2))
+		for range 400 {
+			msg := make([]byte, []int{1, 64, 1500, 16 << 10, 100 << 10}[rng.IntN(5)])
+			for i := range msg {
+				msg[i] = byte(rng.Uint32())
+			}
+			sent.Write(msg)
+			if _, err := a.Write(msg); err != nil {
+				return
+			}
+			if rng.IntN(2) == 0 {
+				time.Sleep(200 * time.Microsecond) // let the copier park
+			}
+		}
+		a.CloseWrite()
+	}()
+	rng := rand.New(rand.NewPCG(3, 4))
+	var got bytes.Buffer
+	buf := make([]byte, 8<<10)
+	reader.SetReadDeadline(time.Now().Add(60 * time.Second))
+	for {
+		n, err := reader.Read(buf)
+		got.Write(buf[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", got.Len(), err)
+		}
+		if rng.IntN(16) == 0 {
+			time.Sleep(2 * time.Millisecond) // a slow reader fills the socket
+		}
+	}
+	n := <-piped
+	<-wrote
+	if !bytes.Equal(got.Bytes(), sent.Bytes()) {
+		t.Fatalf("received %d bytes, sent %d: they differ", got.Len(), sent.Len())
+	}
+	if n != int64(sent.Len()) || count.n.Load() != n {
+		t.Fatalf("copyHalf reported %d bytes and counted %d; %d were sent", n, count.n.Load(), sent.Len())
 	}
 }

@@ -72,16 +72,27 @@ func (b *recvBuffer) commit(regions [][]byte) {
 func (b *recvBuffer) held() uint32 { return uint32(b.n + b.pending) }
 
 // read copies buffered bytes into p, returning chunks it empties to the pool.
-func (b *recvBuffer) read(p []byte) int {
+func (b *recvBuffer) read(p []byte) int { return b.take(p, len(p)) }
+
+// discard drops the first n buffered bytes (n at most b.n), as a read that
+// copies nothing.
+func (b *recvBuffer) discard(n int) { b.take(nil, n) }
+
+// take consumes up to want buffered bytes, copying them into p unless p is
+// nil, and returns chunks it empties to the pool.
+func (b *recvBuffer) take(p []byte, want int) int {
 	done := 0
-	for done < len(p) && b.n > 0 {
+	for done < want && b.n > 0 {
 		c := &b.chunks[b.head]
-		k := copy(p[done:], c.b[c.r:c.w])
+		k := min(want-done, c.w-c.r)
+		if p != nil {
+			copy(p[done:], c.b[c.r:c.r+k])
+		}
 		c.r += k
 		done += k
 		b.n -= k
 		if c.r < chunkSize {
-			break // p is full, or this is the last chunk
+			break // want is met, or this is the last chunk
 		}
 		chunkPool.Put(c.b)
 		*c = chunk{}

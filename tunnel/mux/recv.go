@@ -189,7 +189,9 @@ func (s *Session) skipBody(h *header) error {
 // receive reads a data frame's body of n bytes into st's buffer. The window
 // check comes first, so the peer can never make us hold more than we
 // granted; the body is read without the stream's lock, straight into the
-// reserved buffer space, and then published and the reader woken.
+// reserved buffer space. Then, if the stream's reader waits with nothing
+// buffered and the stream has a sink (SetSink), the body goes to the sink;
+// whatever is left is published and the reader woken.
 func (s *Session) receive(st *Stream, n uint32) error {
 	st.mu.Lock()
 	if st.recvFIN {
@@ -202,6 +204,10 @@ func (s *Session) receive(st *Stream, n uint32) error {
 		return violation(KindWindowExceeded, "%d bytes on stream %d with %d bytes of window", n, st.id, credit)
 	}
 	st.credit -= n
+	sink := st.sink
+	if !st.parked || st.buf.n > 0 {
+		sink = nil
+	}
 	s.regions = st.buf.reserve(int(n), s.regions[:0])
 	st.mu.Unlock()
 	for _, r := range s.regions {
@@ -209,13 +215,43 @@ func (s *Session) receive(st *Stream, n uint32) error {
 			return s.connErr(err)
 		}
 	}
+	sunk := 0
+	if sink != nil {
+		sunk = sinkRegions(sink, s.regions)
+	}
 	st.mu.Lock()
 	st.buf.commit(s.regions)
+	var delta uint32
+	if sunk > 0 {
+		st.buf.discard(sunk)
+		delta = st.creditLocked()
+	}
+	more := st.buf.n > 0
 	st.mu.Unlock()
 	clear(s.regions)
-	notify(st.readCh)
-	s.woke = true
+	if delta > 0 {
+		h := makeHeader(typeWindowUpdate, 0, st.id, delta)
+		s.w.postFromLoop(&h, false)
+	}
+	if more {
+		notify(st.readCh)
+		s.woke = true
+	}
 	return nil
+}
+
+// sinkRegions offers the regions to sink in order and returns how many
+// bytes it took, stopping at the first region it did not take whole.
+func sinkRegions(sink func([]byte) int, regions [][]byte) int {
+	total := 0
+	for _, r := range regions {
+		k := sink(r)
+		total += k
+		if k < len(r) {
+			break
+		}
+	}
+	return total
 }
 
 // handlePing answers a ping request through the writer (never blocking this

@@ -29,8 +29,10 @@ type Stream struct {
 	closing   bool   // CloseWrite or Reset was called: no more Writes
 	sentFIN   bool
 	recvFIN   bool
-	resetErr  error // why the stream was reset, if it was
-	gone      bool  // out of the session's table
+	resetErr  error            // why the stream was reset, if it was
+	gone      bool             // out of the session's table
+	sink      func([]byte) int // SetSink: where the read loop may write data straight to
+	parked    bool             // a zero-length Read waits with nothing buffered
 
 	readCh  chan struct{} // a token when data, FIN or RST arrived
 	writeCh chan struct{} // a token when window arrived or Writes must stop
@@ -89,6 +91,7 @@ func (st *Stream) Read(p []byte) (int, error) {
 func (st *Stream) tryRead(p []byte) (n int, delta uint32, ok bool, err error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	st.parked = false
 	switch {
 	case st.resetErr != nil:
 		return 0, 0, true, st.resetErr
@@ -107,7 +110,28 @@ func (st *Stream) tryRead(p []byte) (n int, delta uint32, ok bool, err error) {
 	case st.sess.isDead():
 		return 0, 0, true, st.sess.Err()
 	}
+	st.parked = len(p) == 0
 	return 0, 0, false, nil
+}
+
+// SetSink gives the stream a destination for its data that the session's
+// read loop may write to itself: while the stream's reader waits in a
+// zero-length Read with nothing buffered, each data frame that arrives is
+// offered to sink first, and only what sink does not take is buffered and
+// wakes the reader. Bytes sink takes are consumed (Read never returns
+// them) and count toward window updates as read bytes do. sink must not
+// block: it is called on the read loop, and returns how many of its bytes
+// it took, in order. Nil removes the sink.
+//
+// This is the copy path's fast lane (tunnel/copy.go): a tunnel's bytes go
+// from the session's connection to the destination socket in one write,
+// with no wake-up of the copying goroutine in between. It assumes one
+// reader, which writes what it reads to the same destination: while it
+// waits in Read(nil) it writes nothing, so the two never interleave.
+func (st *Stream) SetSink(sink func([]byte) int) {
+	st.mu.Lock()
+	st.sink = sink
+	st.mu.Unlock()
 }
 
 // creditLocked decides the window update after a read. Once the peer's
