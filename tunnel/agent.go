@@ -634,9 +634,10 @@ var errServerGaveUp = errors.New("the server stopped waiting for this dial")
 // dialWatched dials as dial does, and stops as soon as the server gives up
 // on the dial — its caller went away (a gRPC DIAL_CLS, a canceled request)
 // or its own timeout passed — which it shows by closing the stream before
-// the answer. Nothing but the answer is sent before the answer, so while
-// the dial runs the stream is watched for its end without reading (yamux
-// streams; an SSH channel's dial runs to its own timeout).
+// the answer. Nothing but the answer is sent before the answer, so a dial
+// that runs longer than watchAfter has the stream watched for its end
+// without reading (yamux streams; an SSH channel's dial runs to its own
+// timeout).
 func (a *Agent) dialWatched(ctx context.Context, st net.Conn, req dialRequest) (net.Conn, error) {
 	wait := readWaiter(st)
 	if wait == nil {
@@ -644,17 +645,14 @@ func (a *Agent) dialWatched(ctx context.Context, st net.Conn, req dialRequest) (
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	watched := make(chan struct{})
-	go func() {
-		defer close(watched)
+	stop := lateWatch(func() {
 		var ne net.Error
 		if err := wait(); err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
 			cancel(errServerGaveUp)
 		}
-	}()
+	}, func() { st.SetReadDeadline(time.Unix(1, 0)) }) // ends the wait
 	c, err := a.dial(ctx, req)
-	st.SetReadDeadline(time.Unix(1, 0)) // ends the wait
-	<-watched
+	stop()
 	st.SetReadDeadline(time.Time{})
 	if errors.Is(context.Cause(ctx), errServerGaveUp) {
 		if c != nil {

@@ -57,6 +57,7 @@
 //	copy.go              the copy path every tunneled byte takes
 //	drain.go             draining: the server's Shutdown, the agent's drain frame
 //	quiet.go             the agent's drain closes idle keep-alive tunnels
+//	watch.go             both ends watch a slow dial for the other side giving up
 //
 // The SSH transport and the SSH fallback:
 //
