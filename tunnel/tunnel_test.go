@@ -247,9 +247,16 @@ func TestHalfClose(t *testing.T) {
 	})
 }
 
+// TestThousandConcurrentTunnels: a thousand tunnels opened at once, then
+// all moving data at once. It is about concurrency, not liveness: under
+// -race on a loaded two-core machine, a keepalive ping of the SSH
+// transport has waited behind the thousand tunnels' data for over its 10 s,
+// so both ends give pings a minute here.
 func TestThousandConcurrentTunnels(t *testing.T) {
-	h := newHarness(t, nil)
-	h.startAgent(h.agentConfig("node-a"))
+	h := newHarness(t, func(c *ServerConfig) { c.KeepaliveTimeout = time.Minute })
+	cfg := h.agentConfig("node-a")
+	cfg.KeepaliveTimeout = time.Minute
+	h.startAgent(cfg)
 	echo := startEcho(t, "127.0.0.1:0")
 	const n = 1000
 	conns := make([]net.Conn, n)
