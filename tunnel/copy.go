@@ -56,47 +56,103 @@ type counter interface {
 // other direction keeps flowing to its own end; a direction that fails
 // closes both connections, which ends the other direction too. The counters
 // see the bytes of each direction as they move.
+//
+// One direction runs on the calling goroutine, the other on a goroutine of
+// its own — or, for a direction from a session stream to a socket, on none
+// while the tunnel is idle: it parks (see "The fast lane" below).
 func pipe(a, b net.Conn, aToBCount, bToACount counter) (aToB, bToA int64) {
-	done := make(chan int64, 1)
-	go func() { done <- copyHalf(b, a, aToBCount) }()
-	bToA = copyHalf(a, b, bToACount)
-	aToB = <-done
+	ab, ba := newHalf(b, a, aToBCount), newHalf(a, b, bToACount)
+	away, here := ab, ba
+	if ba.st != nil && ab.st == nil {
+		away, here = ba, ab
+	}
+	away.done = make(chan struct{})
+	go away.copy(away.st != nil)
+	here.copy(false)
+	<-away.done
 	a.Close()
 	b.Close()
-	return aToB, bToA
+	return ab.moved.Load(), ba.moved.Load()
 }
 
 // copyHalf copies src to dst until EOF or an error, then half-closes dst
-// (on EOF) or aborts both (on error).
+// (on EOF) or aborts both (on error), and returns the bytes it moved.
 func copyHalf(dst, src net.Conn, count counter) int64 {
-	var sunk atomic.Int64
-	if st := sessionStream(src); st != nil {
-		if sink := socketSink(dst, count, &sunk); sink != nil {
-			st.SetSink(sink)
-			defer st.SetSink(nil)
-		}
-	}
-	n, err := copyAdaptive(dst, src, count)
-	n += sunk.Load()
-	if err != nil {
-		abort(src)
-		abort(dst)
-		return n
-	}
-	if cw, ok := dst.(closeWriter); ok {
-		cw.CloseWrite()
-	} else {
-		dst.Close()
-	}
-	return n
+	h := newHalf(dst, src, count)
+	h.copy(false)
+	return h.moved.Load()
 }
 
-// copyAdaptive copies src to dst until EOF (returning nil) or an error,
-// with buffers taken as described at the top of this file. Unlike io.Copy it
-// never takes a ReaderFrom/WriterTo detour, which would allocate a buffer of
-// its own for the stream types used here.
-func copyAdaptive(dst io.Writer, src io.Reader, count counter) (n int64, err error) {
-	wait := readWaiter(src)
+// half is one direction of a tunnel, src to dst.
+type half struct {
+	dst, src net.Conn
+	count    counter
+	st       *mux.Stream   // src, when it is a session stream with a sink into dst
+	moved    atomic.Int64  // bytes moved, by the copier and by the sink
+	done     chan struct{} // closed once done, if not nil
+}
+
+func newHalf(dst, src net.Conn, count counter) *half {
+	h := &half{dst: dst, src: src, count: count}
+	if st := sessionStream(src); st != nil {
+		if sink := socketSink(dst, count, &h.moved); sink != nil {
+			h.st = st
+			st.SetSink(sink)
+		}
+	}
+	return h
+}
+
+// copy runs the half until it ends, or, if it may park, until src has
+// nothing to read: then it parks the stream and returns, and the stream's
+// wake-up calls copy again on a new goroutine. Between one copy and the
+// next, the stream's lock orders every access to h.
+func (h *half) copy(mayPark bool) {
+	pause := waitPause(readWaiter(h.src))
+	if mayPark {
+		pause = func() (bool, error) { return h.st.Park(h.resume), nil }
+	}
+	n, parked, err := copyAdaptive(h.dst, h.src, h.count, pause)
+	h.moved.Add(n) // atomic: once parked, the next copy may already run
+	if parked {
+		return
+	}
+	if h.st != nil {
+		h.st.SetSink(nil)
+	}
+	if err != nil {
+		abort(h.src)
+		abort(h.dst)
+	} else if cw, ok := h.dst.(closeWriter); ok {
+		cw.CloseWrite()
+	} else {
+		h.dst.Close()
+	}
+	if h.done != nil {
+		close(h.done)
+	}
+}
+
+// resume is the parked half's wake-up: the stream has something to read.
+func (h *half) resume() { go h.copy(true) }
+
+// waitPause turns a read waiter into copyAdaptive's pause, which never
+// parks; nil stays nil.
+func waitPause(wait func() error) func() (bool, error) {
+	if wait == nil {
+		return nil
+	}
+	return func() (bool, error) { return false, wait() }
+}
+
+// copyAdaptive copies src to dst with buffers taken as described at the
+// top of this file, until EOF (err nil), an error, or a pause that parks
+// (parked true). When src goes quiet, it lets go of its buffer and calls
+// pause, which waits until src has data (or fails) or reports that it
+// parked; a nil pause keeps the buffer and reads on. Unlike io.Copy it
+// never takes a ReaderFrom/WriterTo detour, which would allocate a buffer
+// of its own for the stream types used here.
+func copyAdaptive(dst io.Writer, src io.Reader, count counter, pause func() (bool, error)) (n int64, parked bool, err error) {
 	shrink, _ := src.(shrinker)
 	var bp *[]byte // the buffer in hand; nil while waiting
 	large := false
@@ -107,9 +163,10 @@ func copyAdaptive(dst io.Writer, src io.Reader, count counter) (n int64, err err
 	}()
 	for {
 		if bp == nil {
-			if wait != nil {
-				if err := wait(); err != nil {
-					return n, eofIsNil(err)
+			if pause != nil {
+				parked, err := pause()
+				if parked || err != nil {
+					return n, parked, eofIsNil(err)
 				}
 			}
 			bp = smallBufs.Get().(*[]byte)
@@ -123,18 +180,18 @@ func copyAdaptive(dst io.Writer, src io.Reader, count counter) (n int64, err err
 				count.Add(float64(nw))
 			}
 			if werr != nil {
-				return n, werr
+				return n, false, werr
 			}
 		}
 		if rerr != nil {
-			return n, eofIsNil(rerr)
+			return n, false, eofIsNil(rerr)
 		}
 		switch {
 		case !large && nr == len(buf): // more is waiting
 			smallBufs.Put(bp)
 			bp, large = largeBufs.Get().(*[]byte), true
 		case nr < smallBufSize: // quiet
-			if large || wait != nil {
+			if large || pause != nil {
 				release(bp, large)
 				bp, large = nil, false
 			}
@@ -145,15 +202,22 @@ func copyAdaptive(dst io.Writer, src io.Reader, count counter) (n int64, err err
 	}
 }
 
-// The fast lane. While copyAdaptive waits for a session stream to have data
-// (a zero-length Read), the session's read loop may write the stream's
-// data straight to the destination socket itself (mux.Stream.SetSink): one
-// non-blocking write, no wake-up of this goroutine, and so two fewer
-// thread hand-offs per round trip than read, wake, write. What the socket
-// does not take at once is buffered in the stream as usual, and this
-// goroutine wakes and writes it with blocking writes. Only plain sockets
-// (TCP on the node, the unix-socket frontend) take the fast lane; a TLS
-// destination needs its own goroutine to encrypt.
+// The fast lane. While a direction from a session stream waits for data,
+// the session's read loop may write the stream's data straight to the
+// destination socket itself (mux.Stream.SetSink): one non-blocking write,
+// no wake-up of the copying goroutine, and so two fewer thread hand-offs
+// per round trip than read, wake, write. What the socket does not take at
+// once is buffered in the stream as usual, and the copying goroutine writes
+// it with blocking writes. Only plain sockets (TCP on the node, the
+// unix-socket frontend) take the fast lane; a TLS destination needs a
+// goroutine to encrypt.
+//
+// The copying goroutine need not even exist while it would only wait: the
+// direction parks the stream (mux.Stream.Park) and ends its goroutine, and
+// the stream starts a new one when the socket could not take everything,
+// or at EOF, a reset or the session's end. An idle tunnel so holds one
+// goroutine per end, not two: most of an idle tunnel's memory is goroutine
+// stacks.
 
 // sessionStream returns the session stream c reads from, or nil.
 func sessionStream(c net.Conn) *mux.Stream {
@@ -167,9 +231,9 @@ func sessionStream(c net.Conn) *mux.Stream {
 }
 
 // socketSink returns a sink for a session stream that writes to dst's
-// socket without blocking, counting what it writes in count and sunk; or
+// socket without blocking, counting what it writes in count and moved; or
 // nil if dst is not a plain socket.
-func socketSink(dst net.Conn, count counter, sunk *atomic.Int64) func([]byte) int {
+func socketSink(dst net.Conn, count counter, moved *atomic.Int64) func([]byte) int {
 	sc, ok := dst.(syscall.Conn)
 	if !ok {
 		return nil
@@ -194,7 +258,7 @@ func socketSink(dst net.Conn, count counter, sunk *atomic.Int64) func([]byte) in
 			return true // never wait: the copier does that
 		})
 		if n > 0 {
-			sunk.Add(int64(n))
+			moved.Add(int64(n))
 			if count != nil {
 				count.Add(float64(n))
 			}

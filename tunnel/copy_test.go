@@ -63,7 +63,7 @@ func TestCopyAdaptive(t *testing.T) {
 	src := &scriptedReader{data: data, reads: reads}
 	var dst bytes.Buffer
 	var count byteCount
-	n, err := copyAdaptive(&dst, src, &count)
+	n, _, err := copyAdaptive(&dst, src, &count, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,10 +216,10 @@ func (wrappedEOF) Read([]byte) (int, error) { return 0, fmt.Errorf("connection l
 // half-closes; a wrapped one aborts both directions, so a tunnel whose agent
 // died is not left half-open behind a client that keeps its side open.
 func TestCopyWrappedEOFIsAFailure(t *testing.T) {
-	if _, err := copyAdaptive(io.Discard, wrappedEOF{}, nil); err == nil {
+	if _, _, err := copyAdaptive(io.Discard, wrappedEOF{}, nil, nil); err == nil {
 		t.Fatal("a wrapped io.EOF ended the copy cleanly")
 	}
-	if _, err := copyAdaptive(io.Discard, strings.NewReader("x"), nil); err != nil {
+	if _, _, err := copyAdaptive(io.Discard, strings.NewReader("x"), nil, nil); err != nil {
 		t.Fatalf("io.EOF: %v", err)
 	}
 }

@@ -234,7 +234,7 @@ func (s *Session) receive(st *Stream, n uint32) error {
 		s.w.postFromLoop(&h, false)
 	}
 	if more {
-		notify(st.readCh)
+		st.wakeReader()
 		s.woke = true
 	}
 	return nil

@@ -267,9 +267,13 @@ func (s *Session) shutdown(err error, goAway *uint32) bool {
 		return false
 	}
 	s.err = err
+	streams := s.streams
 	s.streams = map[uint32]*Stream{}
 	s.mu.Unlock()
-	close(s.dead)
+	close(s.dead) // wakes every waiting Read and Write at once
+	for _, st := range streams {
+		st.wakeReader() // and every parked reader
+	}
 	var h *header
 	if goAway != nil {
 		g := makeHeader(typeGoAway, 0, 0, *goAway)

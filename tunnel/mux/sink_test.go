@@ -130,3 +130,49 @@ func TestSinkOnlyWhileWaiting(t *testing.T) {
 		t.Fatalf("sink called %d times with no reader waiting in Read(nil)", calls)
 	}
 }
+
+// TestParkWakesOnce: a parked stream's sink takes what arrives with no
+// goroutine waiting; what it does not take, and later the session's end,
+// each call the wake-up exactly once; Park refuses while data is buffered
+// or after the end.
+func TestParkWakesOnce(t *testing.T) {
+	c, s := sessions(t, transports[1], nil, nil)
+	a, b := openAccept(t, c, s)
+	sink := &recordingSink{limit: 4}
+	b.SetSink(sink.take)
+	wakes := make(chan struct{}, 4)
+	wake := func() { wakes <- struct{}{} }
+	if !b.Park(wake) {
+		t.Fatal("Park refused on an empty, open stream")
+	}
+	a.Write([]byte("abcd"))
+	eventually(t, 5*time.Second, "the sink to take abcd", func() bool { _, got := sink.snapshot(); return string(got) == "abcd" })
+	if len(wakes) != 0 {
+		t.Fatal("woken though the sink took everything")
+	}
+	a.Write([]byte("efghij"))
+	select {
+	case <-wakes:
+	case <-time.After(5 * time.Second):
+		t.Fatal("not woken for the bytes the sink left")
+	}
+	if b.Park(wake) {
+		t.Fatal("Park accepted with ij buffered")
+	}
+	got := make([]byte, 2)
+	if _, err := io.ReadFull(b, got); err != nil || string(got) != "ij" {
+		t.Fatalf("read %q, %v; want ij", got, err)
+	}
+	if !b.Park(wake) {
+		t.Fatal("Park refused once the buffer was read")
+	}
+	s.Close()
+	select {
+	case <-wakes:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the session's end did not wake the parked stream")
+	}
+	if b.Park(wake) || len(wakes) != 0 {
+		t.Fatalf("after the end: Park accepted, or extra wake-ups (%d)", len(wakes))
+	}
+}

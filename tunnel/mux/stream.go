@@ -32,7 +32,8 @@ type Stream struct {
 	resetErr  error            // why the stream was reset, if it was
 	gone      bool             // out of the session's table
 	sink      func([]byte) int // SetSink: where the read loop may write data straight to
-	parked    bool             // a zero-length Read waits with nothing buffered
+	parked    bool             // a zero-length Read waits with nothing buffered, or Park
+	wake      func()           // Park: called once when the reader has something to read
 
 	readCh  chan struct{} // a token when data, FIN or RST arrived
 	writeCh chan struct{} // a token when window arrived or Writes must stop
@@ -132,6 +133,44 @@ func (st *Stream) SetSink(sink func([]byte) int) {
 	st.mu.Lock()
 	st.sink = sink
 	st.mu.Unlock()
+}
+
+// Park is a zero-length Read that does not hold a goroutine: instead of
+// waiting, the reader registers wake and goes away, and the sink takes
+// arriving data as it would during Read(nil). wake is called once, on the
+// session's read loop or on whichever goroutine ends the stream, as soon
+// as a Read would not wait: data the sink did not take, EOF, a reset, or
+// the session's end (read deadlines do not apply). wake must not block;
+// it typically starts a goroutine that reads. Park returns false, and
+// registers nothing, if a Read would not wait now. Between Park and wake
+// nobody may Read.
+//
+// The copy path parks the direction from the session to a socket while
+// the tunnel is idle, so that an idle tunnel holds one goroutine per end
+// instead of two.
+func (st *Stream) Park(wake func()) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.buf.n > 0 || st.recvFIN || st.resetErr != nil || st.sess.isDead() {
+		return false
+	}
+	st.parked, st.wake = true, wake
+	return true
+}
+
+// wakeReader wakes the reader: a token for a Read that waits, and the call
+// Park registered, if any. Called without st.mu.
+func (st *Stream) wakeReader() {
+	notify(st.readCh)
+	st.mu.Lock()
+	wake := st.wake
+	if wake != nil {
+		st.wake, st.parked = nil, false
+	}
+	st.mu.Unlock()
+	if wake != nil {
+		wake()
+	}
 }
 
 // creditLocked decides the window update after a read. Once the peer's
@@ -301,7 +340,7 @@ func (st *Stream) Reset() error {
 	wasGone := st.gone
 	st.leaveLocked()
 	st.mu.Unlock()
-	notify(st.readCh)
+	st.wakeReader()
 	notify(st.writeCh)
 	if wasGone || st.sess.isDead() {
 		return nil
@@ -395,7 +434,7 @@ func (st *Stream) applyFlags(flags uint16) bool {
 	}
 	st.mu.Unlock()
 	if fin {
-		notify(st.readCh)
+		st.wakeReader()
 	}
 	return changed
 }
@@ -409,7 +448,7 @@ func (st *Stream) resetByPeer() {
 	}
 	st.leaveLocked()
 	st.mu.Unlock()
-	notify(st.readCh)
+	st.wakeReader()
 	notify(st.writeCh)
 }
 
