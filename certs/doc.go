@@ -34,5 +34,8 @@
 // certificates of the same shape in memory under an existing CA, for load
 // tests that need thousands of node identities.
 //
-// All errors start with "certs: ".
+// All errors start with "certs: ", once. An error about a file is a
+// *FileError that names the file and what it was to hold, so that a
+// command given a certificate and its key can blame the right flag; an
+// Options field Generate cannot use is an *OptionError naming the field.
 package certs

@@ -119,22 +119,31 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
+// OptionError is an Options field Generate cannot work with. Field names
+// it, so that a command can name the flag bound to it.
+type OptionError struct {
+	Field string // "Dir", "Validity", "ClientName", "ServerNames", "ServerIPs", "Nodes"
+	Msg   string
+}
+
+func (e *OptionError) Error() string { return "certs: Options." + e.Field + ": " + e.Msg }
+
 // validate reports the first thing wrong with defaulted options.
 func (o Options) validate() error {
 	switch {
 	case o.Dir == "":
-		return errors.New("certs: Options.Dir is empty")
+		return &OptionError{"Dir", "is empty"}
 	case o.Validity < 0:
-		return fmt.Errorf("certs: Options.Validity is negative (%s)", o.Validity)
+		return &OptionError{"Validity", fmt.Sprintf("is negative (%s)", o.Validity)}
 	case strings.HasPrefix(o.ClientName, NodePrefix):
-		return fmt.Errorf("certs: Options.ClientName %q starts with %q, so it would prove a node", o.ClientName, NodePrefix)
+		return &OptionError{"ClientName", fmt.Sprintf("%q starts with %q, so it would prove a node", o.ClientName, NodePrefix)}
 	}
 	if slices.Contains(o.ServerNames, "") {
-		return errors.New("certs: Options.ServerNames has an empty name")
+		return &OptionError{"ServerNames", "has an empty name"}
 	}
 	for _, ip := range o.ServerIPs {
 		if err := checkSANIP(ip); err != nil {
-			return fmt.Errorf("certs: Options.ServerIPs: %w", err)
+			return &OptionError{"ServerIPs", err.Error()}
 		}
 	}
 	return validateNodes(o.Nodes)
@@ -145,10 +154,10 @@ func validateNodes(nodes []Node) error {
 	seen := make(map[string]bool, len(nodes))
 	for _, n := range nodes {
 		if err := checkNode(n); err != nil {
-			return fmt.Errorf("certs: Options.Nodes: %w", err)
+			return &OptionError{"Nodes", err.Error()}
 		}
 		if seen[n.Name] {
-			return fmt.Errorf("certs: Options.Nodes: node %q listed twice", n.Name)
+			return &OptionError{"Nodes", fmt.Sprintf("node %q listed twice", n.Name)}
 		}
 		seen[n.Name] = true
 	}
@@ -186,7 +195,7 @@ func checkAbsent(paths []string) error {
 		_, err := os.Lstat(p)
 		switch {
 		case err == nil:
-			return fmt.Errorf("certs: %s already exists; refusing to overwrite key material", p)
+			return fmt.Errorf("certs: %s: %w; refusing to overwrite key material", p, fs.ErrExist)
 		case !errors.Is(err, fs.ErrNotExist):
 			return fmt.Errorf("certs: %w", err)
 		}

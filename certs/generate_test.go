@@ -153,26 +153,31 @@ func TestGenerateFileModes(t *testing.T) {
 func TestGenerateRejects(t *testing.T) {
 	dir := t.TempDir()
 	tests := []struct {
-		name string
-		opts Options
-		want string
+		name  string
+		opts  Options
+		field string // of the OptionError
+		want  string
 	}{
-		{"no dir", Options{}, "Dir is empty"},
-		{"negative validity", Options{Dir: dir, Validity: -time.Hour}, "negative"},
-		{"client proves node", Options{Dir: dir, ClientName: "system:node:x"}, "would prove a node"},
-		{"path in node name", Options{Dir: dir, Nodes: []Node{{Name: "../etc"}}}, "DNS-1123"},
-		{"upper-case node", Options{Dir: dir, Nodes: []Node{{Name: "Node-A"}}}, "DNS-1123"},
-		{"empty node", Options{Dir: dir, Nodes: []Node{{}}}, "empty node name"},
-		{"duplicate node", Options{Dir: dir, Nodes: []Node{{Name: "a"}, {Name: "a"}}}, "listed twice"},
-		{"zero node IP", Options{Dir: dir, Nodes: []Node{{Name: "a", IPs: []netip.Addr{{}}}}}, "invalid"},
-		{"zoned server IP", Options{Dir: dir, ServerIPs: []netip.Addr{netip.MustParseAddr("fe80::1%eth0")}}, "zone"},
-		{"empty server name", Options{Dir: dir, ServerNames: []string{""}}, "empty name"},
+		{"no dir", Options{}, "Dir", "Options.Dir: is empty"},
+		{"negative validity", Options{Dir: dir, Validity: -time.Hour}, "Validity", "negative"},
+		{"client proves node", Options{Dir: dir, ClientName: "system:node:x"}, "ClientName", "would prove a node"},
+		{"path in node name", Options{Dir: dir, Nodes: []Node{{Name: "../etc"}}}, "Nodes", "DNS-1123"},
+		{"upper-case node", Options{Dir: dir, Nodes: []Node{{Name: "Node-A"}}}, "Nodes", "DNS-1123"},
+		{"empty node", Options{Dir: dir, Nodes: []Node{{}}}, "Nodes", "empty node name"},
+		{"duplicate node", Options{Dir: dir, Nodes: []Node{{Name: "a"}, {Name: "a"}}}, "Nodes", "listed twice"},
+		{"zero node IP", Options{Dir: dir, Nodes: []Node{{Name: "a", IPs: []netip.Addr{{}}}}}, "Nodes", "invalid"},
+		{"zoned server IP", Options{Dir: dir, ServerIPs: []netip.Addr{netip.MustParseAddr("fe80::1%eth0")}}, "ServerIPs", "zone"},
+		{"empty server name", Options{Dir: dir, ServerNames: []string{""}}, "ServerNames", "empty name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := Generate(tt.opts)
-			if err == nil || !strings.HasPrefix(err.Error(), "certs: ") || !strings.Contains(err.Error(), tt.want) {
+			var oe *OptionError
+			if err == nil || !strings.HasPrefix(err.Error(), "certs: ") || strings.Count(err.Error(), "certs:") != 1 || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("Generate = %v, want error containing %q", err, tt.want)
+			}
+			if !errors.As(err, &oe) || oe.Field != tt.field {
+				t.Errorf("Generate = %#v, want an OptionError for %s", err, tt.field)
 			}
 		})
 	}

@@ -7,8 +7,41 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strings"
+)
+
+// FileError is a file of key material that cannot be used: missing,
+// unreadable, or not holding what it should. It names the file and what
+// the file was to hold, so that a caller that passed several files (a
+// certificate and its key) can tell which one is at fault.
+type FileError struct {
+	File string // the path as given; empty if none was
+	What string // what the file was to hold: "certificate", "private key", "CA bundle", ...
+	Err  error  // what is wrong
+}
+
+func (e *FileError) Error() string {
+	if e.File == "" {
+		return "certs: no " + e.What + " file given"
+	}
+	reason := e.Err.Error()
+	if pe := (*fs.PathError)(nil); errors.As(e.Err, &pe) && pe.Path == e.File {
+		reason = pe.Err.Error() // the path is named already
+	}
+	return "certs: " + e.What + " " + e.File + ": " + reason
+}
+
+// Unwrap returns what is wrong: a missing file has fs.ErrNotExist in its
+// chain.
+func (e *FileError) Unwrap() error { return e.Err }
+
+// What a file holds, as FileError names it.
+const (
+	whatCert = "certificate"
+	whatKey  = "private key"
+	whatCA   = "CA bundle"
 )
 
 // PEM block types this file reads.
@@ -26,7 +59,7 @@ const (
 // say what is wrong: missing, no PEM blocks, no certificate, or a
 // certificate that does not parse.
 func LoadPool(file string) (*x509.CertPool, error) {
-	cas, err := readCerts(file, "CA bundle")
+	cas, err := readCerts(file, whatCA)
 	if err != nil {
 		return nil, err
 	}
@@ -41,9 +74,10 @@ func LoadPool(file string) (*x509.CertPool, error) {
 // its private key from keyFile, checks that the key belongs to the leaf, and
 // returns a tls.Certificate with Leaf set so callers can read the identity
 // without parsing again. The key may be PKCS #8, SEC 1 (EC) or PKCS #1 (RSA)
-// PEM; encrypted keys are refused. Errors name the file at fault.
+// PEM; encrypted keys are refused. Errors are *FileError values naming the
+// file at fault; a key that does not match the certificate blames the key.
 func LoadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
-	chain, err := readCerts(certFile, "certificate")
+	chain, err := readCerts(certFile, whatCert)
 	if err != nil {
 		return tls.Certificate{}, err
 	}
@@ -52,7 +86,7 @@ func LoadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 		return tls.Certificate{}, err
 	}
 	if !publicKeysEqual(chain[0].PublicKey, key.Public()) {
-		return tls.Certificate{}, fmt.Errorf("certs: private key %s does not match certificate %s", keyFile, certFile)
+		return tls.Certificate{}, &FileError{File: keyFile, What: whatKey, Err: fmt.Errorf("does not match certificate %s", certFile)}
 	}
 	der := make([][]byte, len(chain))
 	for i, c := range chain {
@@ -65,14 +99,16 @@ func LoadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 // keeps fs.ErrNotExist in the chain.
 func readFile(file, what string) ([]byte, error) {
 	if file == "" {
-		return nil, fmt.Errorf("certs: no %s file given", what)
+		return nil, &FileError{What: what}
 	}
 	data, err := os.ReadFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("certs: read %s: %w", what, err)
+		return nil, &FileError{File: file, What: what, Err: err}
 	}
 	return data, nil
 }
+
+var errNoPEM = errors.New("no PEM blocks found")
 
 // pemBlocks decodes every PEM block in data, ignoring text between blocks.
 func pemBlocks(data []byte) []*pem.Block {
@@ -96,7 +132,7 @@ func readCerts(file, what string) ([]*x509.Certificate, error) {
 	}
 	blocks := pemBlocks(data)
 	if len(blocks) == 0 {
-		return nil, fmt.Errorf("certs: %s %s: no PEM blocks found", what, file)
+		return nil, &FileError{File: file, What: what, Err: errNoPEM}
 	}
 	var certs []*x509.Certificate
 	for _, b := range blocks {
@@ -105,36 +141,36 @@ func readCerts(file, what string) ([]*x509.Certificate, error) {
 		}
 		c, err := x509.ParseCertificate(b.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("certs: %s %s: bad certificate #%d: %w", what, file, len(certs)+1, err)
+			return nil, &FileError{File: file, What: what, Err: fmt.Errorf("bad certificate #%d: %w", len(certs)+1, err)}
 		}
 		certs = append(certs, c)
 	}
 	if len(certs) == 0 {
-		return nil, fmt.Errorf("certs: %s %s: no %s PEM block found", what, file, pemCertificate)
+		return nil, &FileError{File: file, What: what, Err: fmt.Errorf("no %s PEM block found", pemCertificate)}
 	}
 	return certs, nil
 }
 
 // readKey parses the first private-key block of file.
 func readKey(file string) (crypto.Signer, error) {
-	data, err := readFile(file, "private key")
+	data, err := readFile(file, whatKey)
 	if err != nil {
 		return nil, err
 	}
 	blocks := pemBlocks(data)
 	if len(blocks) == 0 {
-		return nil, fmt.Errorf("certs: private key %s: no PEM blocks found", file)
+		return nil, &FileError{File: file, What: whatKey, Err: errNoPEM}
 	}
 	for _, b := range blocks {
 		if strings.HasSuffix(b.Type, pemPKCS8) {
 			key, err := parseKey(b)
 			if err != nil {
-				return nil, fmt.Errorf("certs: private key %s: %w", file, err)
+				return nil, &FileError{File: file, What: whatKey, Err: err}
 			}
 			return key, nil
 		}
 	}
-	return nil, fmt.Errorf("certs: private key %s: no %s PEM block found", file, pemPKCS8)
+	return nil, &FileError{File: file, What: whatKey, Err: fmt.Errorf("no %s PEM block found", pemPKCS8)}
 }
 
 // parseKey decodes one private-key block into a key crypto/tls can sign with.

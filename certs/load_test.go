@@ -32,14 +32,15 @@ func pemText(typ string, der []byte) string {
 	return string(pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}))
 }
 
-// checkErr fails unless err starts with "certs: " and holds every part.
+// checkErr fails unless err starts with "certs: ", once, and holds every
+// part.
 func checkErr(t *testing.T, err error, parts ...string) {
 	t.Helper()
 	if err == nil {
 		t.Fatalf("err = nil, want one containing %q", parts)
 	}
-	if !strings.HasPrefix(err.Error(), "certs: ") {
-		t.Errorf("err %q lacks the certs: prefix", err)
+	if !strings.HasPrefix(err.Error(), "certs: ") || strings.Count(err.Error(), "certs:") != 1 {
+		t.Errorf("err %q does not start with the certs: prefix once", err)
 	}
 	for _, p := range parts {
 		if !strings.Contains(err.Error(), p) {
@@ -101,6 +102,39 @@ func TestLoadKeyPairErrors(t *testing.T) {
 			_, err := LoadKeyPair(tt.cert, tt.key)
 			checkErr(t, err, tt.want...)
 		})
+	}
+}
+
+// TestLoadKeyPairBlamesOneFile: every error is a *FileError that names
+// the file at fault, so that a command can name the flag that gave it; a
+// key that does not match its certificate is the key's fault.
+func TestLoadKeyPairBlamesOneFile(t *testing.T) {
+	fx := generate(t)
+	f := fx.files
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "absent")
+	for _, tt := range []struct {
+		name, cert, key string
+		file, what      string
+	}{
+		{"missing key", f.ServerCert, missing, missing, "private key"},
+		{"missing cert", missing, f.ServerKey, missing, "certificate"},
+		{"mismatched key", f.ServerCert, f.ClientKey, f.ClientKey, "private key"},
+		{"cert as key", f.ServerCert, f.CACert, f.CACert, "private key"},
+		{"key as cert", f.ServerKey, f.ServerKey, f.ServerKey, "certificate"},
+		{"no key given", f.ServerCert, "", "", "private key"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := LoadKeyPair(tt.cert, tt.key)
+			var fe *FileError
+			if !errors.As(err, &fe) || fe.File != tt.file || fe.What != tt.what {
+				t.Fatalf("err = %#v (%v), want a FileError for %s %q", err, err, tt.what, tt.file)
+			}
+		})
+	}
+	_, err := LoadKeyPair(f.ServerCert, missing)
+	if want := "certs: private key " + missing + ": no such file or directory"; err == nil || err.Error() != want || !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("missing key: %v, want %q with fs.ErrNotExist in the chain", err, want)
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"sync/atomic"
 )
@@ -25,14 +24,15 @@ import (
 // Reloading is material loaded from files that can be loaded again.
 type Reloading[T any] struct {
 	files []string
+	whats []string // what each file holds, for errors
 	load  func() (T, error)
 	cur   atomic.Pointer[T]
 	mu    sync.Mutex        // serialises Reload
 	seen  [sha256.Size]byte // of the files loaded last
 }
 
-func newReloading[T any](load func() (T, error), files ...string) (*Reloading[T], error) {
-	r := &Reloading[T]{files: files, load: load}
+func newReloading[T any](load func() (T, error), files, whats []string) (*Reloading[T], error) {
+	r := &Reloading[T]{files: files, whats: whats, load: load}
 	if _, err := r.Reload(); err != nil {
 		return nil, err
 	}
@@ -41,12 +41,13 @@ func newReloading[T any](load func() (T, error), files ...string) (*Reloading[T]
 
 // ReloadingKeyPair loads a key pair as LoadKeyPair does and can reload it.
 func ReloadingKeyPair(certFile, keyFile string) (*Reloading[tls.Certificate], error) {
-	return newReloading(func() (tls.Certificate, error) { return LoadKeyPair(certFile, keyFile) }, certFile, keyFile)
+	return newReloading(func() (tls.Certificate, error) { return LoadKeyPair(certFile, keyFile) },
+		[]string{certFile, keyFile}, []string{whatCert, whatKey})
 }
 
 // ReloadingPool loads a CA bundle as LoadPool does and can reload it.
 func ReloadingPool(file string) (*Reloading[*x509.CertPool], error) {
-	return newReloading(func() (*x509.CertPool, error) { return LoadPool(file) }, file)
+	return newReloading(func() (*x509.CertPool, error) { return LoadPool(file) }, []string{file}, []string{whatCA})
 }
 
 // Current returns the material most recently loaded.
@@ -62,10 +63,10 @@ func (r *Reloading[T]) Reload() (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	h := sha256.New()
-	for _, f := range r.files {
-		data, err := os.ReadFile(f)
+	for i, f := range r.files {
+		data, err := readFile(f, r.whats[i])
 		if err != nil {
-			return false, fmt.Errorf("certs: %w", err)
+			return false, err
 		}
 		fileSum := sha256.Sum256(data)
 		h.Write(fileSum[:])

@@ -75,6 +75,16 @@ func SSHIPs(list string) ([]netip.Addr, error) {
 // server: every key line must carry principals="NAME[,NAME...]" and may
 // carry node-ips="IP[,IP...]". Comments and blank lines are skipped.
 func ParseSSHAuthorizedKeys(data []byte) ([]SSHAuthorizedKey, error) {
+	keys, err := parseSSHAuthorizedKeys(data)
+	if err != nil {
+		return nil, fmt.Errorf("certs: authorized_keys %w", err)
+	}
+	return keys, nil
+}
+
+// parseSSHAuthorizedKeys is ParseSSHAuthorizedKeys with errors that start
+// with the line ("line 3: ..."), for a caller to prefix.
+func parseSSHAuthorizedKeys(data []byte) ([]SSHAuthorizedKey, error) {
 	var out []SSHAuthorizedKey
 	for n, line := range bytes.Split(data, []byte("\n")) {
 		line = bytes.TrimSpace(line)
@@ -109,25 +119,35 @@ func ParseSSHAuthorizedKeys(data []byte) ([]SSHAuthorizedKey, error) {
 // LoadSSHAuthorizedKeys reads and parses an authorized_keys file
 // (ParseSSHAuthorizedKeys).
 func LoadSSHAuthorizedKeys(path string) ([]SSHAuthorizedKey, error) {
-	data, err := os.ReadFile(path)
+	data, err := readFile(path, whatAuthorizedKeys)
 	if err != nil {
 		return nil, err
 	}
-	keys, err := ParseSSHAuthorizedKeys(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+	keys, err := parseSSHAuthorizedKeys(data)
+	if err == nil && len(keys) == 0 {
+		err = errNoKeys
 	}
-	if len(keys) == 0 {
-		return nil, fmt.Errorf("%s: no keys", path)
+	if err != nil {
+		return nil, &FileError{File: path, What: whatAuthorizedKeys, Err: err}
 	}
 	return keys, nil
 }
+
+// What SSH files hold, as FileError names it.
+const (
+	whatAuthorizedKeys = "authorized_keys file"
+	whatSSHPublicKeys  = "SSH public key file"
+	whatSSHKey         = "SSH private key"
+	whatSSHCert        = "SSH certificate"
+)
+
+var errNoKeys = errors.New("no keys")
 
 // LoadSSHPublicKeys reads public keys in authorized_keys format (a .pub
 // file, or lines with options such as cert-authority, which are ignored):
 // the CA keys of --ssh-user-ca-file.
 func LoadSSHPublicKeys(path string) ([]ssh.PublicKey, error) {
-	data, err := os.ReadFile(path)
+	data, err := readFile(path, whatSSHPublicKeys)
 	if err != nil {
 		return nil, err
 	}
@@ -135,12 +155,12 @@ func LoadSSHPublicKeys(path string) ([]ssh.PublicKey, error) {
 	for rest := data; len(bytes.TrimSpace(rest)) > 0; {
 		var key ssh.PublicKey
 		if key, _, _, rest, err = ssh.ParseAuthorizedKey(rest); err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
+			return nil, &FileError{File: path, What: whatSSHPublicKeys, Err: err}
 		}
 		keys = append(keys, key)
 	}
 	if len(keys) == 0 {
-		return nil, fmt.Errorf("%s: no keys", path)
+		return nil, &FileError{File: path, What: whatSSHPublicKeys, Err: errNoKeys}
 	}
 	return keys, nil
 }
@@ -149,31 +169,32 @@ func LoadSSHPublicKeys(path string) ([]ssh.PublicKey, error) {
 // certificate for it lies beside it as KEY-cert.pub, the signer presents
 // that certificate instead of the bare key.
 func LoadSSHSigner(path string) (ssh.Signer, error) {
-	data, err := os.ReadFile(path)
+	data, err := readFile(path, whatSSHKey)
 	if err != nil {
 		return nil, err
 	}
 	signer, err := ssh.ParsePrivateKey(data)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, &FileError{File: path, What: whatSSHKey, Err: err}
 	}
-	certData, err := os.ReadFile(path + "-cert.pub")
+	certPath := path + "-cert.pub"
+	certData, err := os.ReadFile(certPath)
 	if errors.Is(err, os.ErrNotExist) {
 		return signer, nil
 	} else if err != nil {
-		return nil, err
+		return nil, &FileError{File: certPath, What: whatSSHCert, Err: err}
 	}
 	pub, _, _, _, err := ssh.ParseAuthorizedKey(certData)
 	if err != nil {
-		return nil, fmt.Errorf("%s-cert.pub: %w", path, err)
+		return nil, &FileError{File: certPath, What: whatSSHCert, Err: err}
 	}
 	cert, ok := pub.(*ssh.Certificate)
 	if !ok {
-		return nil, fmt.Errorf("%s-cert.pub: not a certificate", path)
+		return nil, &FileError{File: certPath, What: whatSSHCert, Err: errors.New("not a certificate")}
 	}
 	cs, err := ssh.NewCertSigner(cert, signer)
 	if err != nil {
-		return nil, fmt.Errorf("%s-cert.pub: %w", path, err)
+		return nil, &FileError{File: certPath, What: whatSSHCert, Err: err}
 	}
 	return cs, nil
 }

@@ -44,7 +44,7 @@ func GenerateSSH(o SSHOptions) (SSHFiles, error) {
 		return SSHFiles{}, errors.New("certs: GenerateSSH needs a directory and server addresses")
 	}
 	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
-		return SSHFiles{}, err
+		return SSHFiles{}, fmt.Errorf("certs: create output directory: %w", err)
 	}
 	files := SSHFiles{
 		HostKey:        filepath.Join(o.Dir, "ssh_host_ed25519_key"),
@@ -92,18 +92,18 @@ func GenerateSSH(o SSHOptions) (SSHFiles, error) {
 func writeSSHKey(path, comment string) (ssh.PublicKey, error) {
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("certs: generate SSH key: %w", err)
 	}
 	block, err := ssh.MarshalPrivateKey(priv, comment)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("certs: encode SSH key %s: %w", path, err)
 	}
 	if err := writeNew(path, string(pem.EncodeToMemory(block)), 0o600); err != nil {
 		return nil, err
 	}
 	sshPub, err := ssh.NewPublicKey(pub)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("certs: encode SSH key %s: %w", path, err)
 	}
 	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sshPub))) + " " + comment + "\n"
 	return sshPub, writeNew(path+".pub", line, 0o644)

@@ -86,7 +86,7 @@ func (s *Server) awaitTurn(ctx context.Context, c net.Conn) bool {
 	ip := remoteIP(c)
 	if !s.turns.enter(ip) {
 		s.limited(LimitAcceptRate)
-		s.log.Debug("agent connection closed before TLS: its address has its share of the accept queue", "remote", remote)
+		s.log.Debug("agent connection closed before TLS: its address has its share of the accept queue", "remote", remote, "flag", limitFlags[LimitAcceptRate])
 		return false
 	}
 	defer s.turns.leave(ip)
@@ -96,7 +96,7 @@ func (s *Server) awaitTurn(ctx context.Context, c net.Conn) bool {
 	if wait > acceptQueue {
 		r.CancelAt(now)
 		s.limited(LimitAcceptRate)
-		s.log.Debug("agent connection closed before TLS: over the accept rate", "remote", remote)
+		s.log.Debug("agent connection closed before TLS: over the accept rate", "remote", remote, "flag", limitFlags[LimitAcceptRate])
 		return false
 	}
 	if wait == 0 {
@@ -209,7 +209,7 @@ func (s *Server) refuseFrontend(c net.Conn) {
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(time.Second))
 		readConnect(bufio.NewReaderSize(c, s.cfg.MaxHeaderBytes), s.cfg.MaxHeaderBytes)
-		s.answer(c, http.StatusServiceUnavailable, fmt.Sprintf("server at its limit of %d frontend connections", s.cfg.MaxFrontendConns))
+		s.answer(c, http.StatusServiceUnavailable, fmt.Sprintf("server at its limit of %d frontend connections (%s)", s.cfg.MaxFrontendConns, limitFlags[LimitFrontendConns]))
 	})
 	if !ok {
 		s.refusing.leave()
@@ -261,7 +261,7 @@ func (s *Server) admitConn(cap *connCap, c net.Conn, refuse func(net.Conn)) bool
 		return true
 	}
 	s.limited(cap.limit)
-	s.log.Debug("connection refused: listener at its cap", "limit", cap.limit, "max", cap.max, "remote", c.RemoteAddr().String())
+	s.log.Debug("connection refused: listener at its cap", "limit", cap.limit, "max", cap.max, "flag", limitFlags[cap.limit], "remote", remoteName(c))
 	if refuse != nil {
 		refuse(c)
 	} else {

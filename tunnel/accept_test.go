@@ -156,7 +156,7 @@ func TestListenerCaps(t *testing.T) {
 	t.Run("frontend", func(t *testing.T) {
 		echo := startEcho(t, "127.0.0.1:0")
 		a, b := h.mustConnect(echo), h.mustConnect(echo)
-		expectStatus(t, h, echo, http.StatusServiceUnavailable, "limit of 2 frontend connections")
+		expectStatus(t, h, echo, http.StatusServiceUnavailable, "limit of 2 frontend connections (--max-frontend-connections)")
 		expectMetric(t, reg, ge(1), "tunnel_server_limit_rejections_total", "limit", LimitFrontendConns)
 		a.Close()
 		b.Close()

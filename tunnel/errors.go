@@ -129,6 +129,23 @@ func classifyDialError(err error) Result {
 	return ResultError
 }
 
+// limitFlags names, by limit label, the tunnel-server flag that sets the
+// limit. A refusal names it, in its log line ("flag") and in what the
+// client is told, so that whoever reads the refusal knows what would
+// change it.
+var limitFlags = map[string]string{
+	LimitAgents:           "--max-agents",
+	LimitStreamsPerAgent:  "--max-streams-per-agent",
+	LimitPendingDials:     "--max-pending-dials",
+	LimitHandshakeTimeout: "--handshake-timeout",
+	LimitHeaderTimeout:    "--connect-header-timeout",
+	LimitHeaderSize:       "--max-connect-header-bytes",
+	LimitDialTimeout:      "--dial-timeout",
+	LimitAcceptRate:       "--agent-accept-rate",
+	LimitAgentHandshakes:  "--max-agent-handshakes",
+	LimitFrontendConns:    "--max-frontend-connections",
+}
+
 // ConfigError is a setting that cannot work. Field names the config
 // struct's field, so that a command can name the flag bound to it.
 type ConfigError struct {

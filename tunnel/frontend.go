@@ -43,14 +43,16 @@ func badRequest(status int, format string, args ...any) error {
 	return &requestError{status: status, msg: fmt.Sprintf(format, args...)}
 }
 
-// handleConnect serves one frontend connection.
+// handleConnect serves one frontend connection. Each refusal is logged
+// here once, with the flag that would change it where one would; a failed
+// dial is logged by Dial.
 func (s *Server) handleConnect(c net.Conn) {
 	defer c.Close()
 	c.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
 	if tc, ok := c.(*tls.Conn); ok {
 		if err := tc.Handshake(); err != nil {
 			s.headerLimit(err, 0)
-			s.log.Info("frontend handshake failed", "remote", c.RemoteAddr().String(), "err", err)
+			s.log.Info("frontend handshake failed", append(timeoutFlag(err), "remote", remoteName(c), "err", err)...)
 			return
 		}
 	}
@@ -60,11 +62,11 @@ func (s *Server) handleConnect(c net.Conn) {
 		var re *requestError
 		if !errors.As(err, &re) { // the client went away or stalled
 			s.headerLimit(err, 0)
-			s.log.Info("frontend request not read", "remote", c.RemoteAddr().String(), "err", err)
+			s.log.Info("frontend request not read", append(timeoutFlag(err), "remote", remoteName(c), "err", err)...)
 			return
 		}
 		s.headerLimit(nil, re.status)
-		s.log.Info("frontend request rejected", "remote", c.RemoteAddr().String(), "status", re.status, "err", re.msg)
+		s.log.Info("frontend request rejected", "remote", remoteName(c), "status", re.status, "err", re.msg)
 		s.answer(c, re.status, re.msg)
 		return
 	}
@@ -95,6 +97,30 @@ func (s *Server) handleConnect(c net.Conn) {
 		s.metrics.toNode.Add(float64(len(leftover)))
 	}
 	pipe(c, tunnel, s.metrics.toNode, s.metrics.fromNode)
+}
+
+// timeoutFlag returns the log attributes that name --connect-header-timeout
+// when err is that timeout passing, and none otherwise.
+func timeoutFlag(err error) []any {
+	if isTimeout(err) {
+		return []any{"flag", limitFlags[LimitHeaderTimeout]}
+	}
+	return nil
+}
+
+// remoteName names a frontend client in logs: its address, or "uds" for a
+// unix-socket client whose end has no name (most have none, and show as
+// "@" or nothing). A listener that knows better, such as one that reads
+// the peer's credentials, returns connections whose RemoteAddr says so.
+func remoteName(c net.Conn) string {
+	a := c.RemoteAddr()
+	if a == nil {
+		return "unknown"
+	}
+	if ua, ok := a.(*net.UnixAddr); ok && (ua.Name == "" || ua.Name == "@") {
+		return "uds"
+	}
+	return a.String()
 }
 
 // watchHangup returns a context for the dial a CONNECT waits on, which
@@ -169,7 +195,7 @@ func readLine(br *bufio.Reader, budget *int) (string, error) {
 	b, err := br.ReadSlice('\n')
 	*budget -= len(b)
 	if errors.Is(err, bufio.ErrBufferFull) || *budget < 0 {
-		return "", badRequest(http.StatusRequestHeaderFieldsTooLarge, "request header too large")
+		return "", badRequest(http.StatusRequestHeaderFieldsTooLarge, "request header too large (%s)", limitFlags[LimitHeaderSize])
 	}
 	if err != nil {
 		return "", err
@@ -228,7 +254,7 @@ func FrontendClientPolicy(names []string) func(tls.ConnectionState) error {
 		case len(certs.NodeNames(leaf)) > 0:
 			return fmt.Errorf("tunnel: node certificate for %v may not use the frontend (name it in --frontend-allowed-names to allow it)", certs.NodeNames(leaf))
 		case len(names) > 0:
-			return fmt.Errorf("tunnel: frontend client %q is not in the allowed names", cn)
+			return fmt.Errorf("tunnel: frontend client %q is not in the allowed names (--frontend-allowed-names)", cn)
 		}
 		return nil
 	}

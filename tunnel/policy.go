@@ -68,26 +68,29 @@ type forbiddenError struct{ reason string }
 func (e *forbiddenError) Error() string { return e.reason }
 
 // check returns nil if the agent may dial ip:port, or a *forbiddenError
-// that says why not.
+// that says why not and which of the agent's flags would allow it: the
+// reason travels to the server's log and kube-apiserver's, far from the
+// node whose setting it is.
 func (p *destPolicy) check(ip netip.Addr, port uint16) error {
 	ip = ip.Unmap()
 	if len(p.ports) > 0 {
 		if _, ok := slices.BinarySearch(p.ports, port); !ok {
-			return &forbiddenError{fmt.Sprintf("port %d is not an allowed port", port)}
+			return &forbiddenError{fmt.Sprintf("port %d is not an allowed port: the agent's --allow-port would allow it", port)}
 		}
 	}
 	for _, a := range append([]netip.Addr{ip}, embeddedIPv4(ip)...) {
 		if sp, ok := specialRange(a); ok && !p.names(a, sp.prefix) {
+			what := ip.String()
 			if a != ip {
-				return &forbiddenError{fmt.Sprintf("%s carries %s, a %s address, refused unless allowed explicitly", ip, a, sp.kind)}
+				what = fmt.Sprintf("%s carries %s, which", ip, a)
 			}
-			return &forbiddenError{fmt.Sprintf("%s is a %s address, refused unless allowed explicitly", ip, sp.kind)}
+			return &forbiddenError{fmt.Sprintf("%s is a %s address, refused unless named explicitly: by the agent's --node-ip, or an --allow-cidr within %s", what, sp.kind, sp.prefix)}
 		}
 	}
 	if containsAddr(p.explicit, ip) || containsAddr(p.podCIDRs, ip) {
 		return nil
 	}
-	return &forbiddenError{fmt.Sprintf("%s is not one of the node's addresses, pod ranges or allowed ranges", ip)}
+	return &forbiddenError{fmt.Sprintf("%s is not one of the node's addresses, pod ranges or allowed ranges: the agent's --allow-cidr would allow it", ip)}
 }
 
 // names reports whether a node IP or an allowed range holds ip and is no
@@ -195,7 +198,7 @@ func (a *Agent) resolve(ctx context.Context, host string) ([]netip.Addr, error) 
 		return a.cfg.NodeIPs[:1], nil
 	}
 	if !a.cfg.ResolveNames {
-		return nil, &forbiddenError{fmt.Sprintf("%s is a name, and this agent looks up none but its node's (--resolve-names)", quoteShort(host))}
+		return nil, &forbiddenError{fmt.Sprintf("%s is a name, and this agent looks up none but its node's: the agent's --resolve-names would allow it", quoteShort(host))}
 	}
 	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 	if err == nil && len(ips) == 0 {

@@ -19,7 +19,7 @@ func TestDestPolicy(t *testing.T) {
 		p    *destPolicy
 		addr string
 		ok   bool
-	}{
+	}{ // a refusal's reason is checked in TestDestPolicyReasons
 		{p, "10.0.0.5:10250", true},            // node IP
 		{p, "[::ffff:10.0.0.5]:10250", true},   // the same, IPv4-mapped
 		{p, "10.244.1.7:8080", true},           // pod range
@@ -59,6 +59,26 @@ func TestDestPolicy(t *testing.T) {
 		var fe *forbiddenError
 		if c.ok != (err == nil) || err != nil && !errors.As(err, &fe) {
 			t.Errorf("check(%s) = %v, want allowed=%v", c.addr, err, c.ok)
+		}
+	}
+}
+
+// TestDestPolicyReasons: each refusal says why, and which of the agent's
+// flags would allow the destination.
+func TestDestPolicyReasons(t *testing.T) {
+	p := newDestPolicy([]netip.Addr{netip.MustParseAddr("10.0.0.5")}, nil, []netip.Prefix{netip.MustParsePrefix("::/0")}, []uint16{10250})
+	for _, c := range []struct {
+		addr, want string
+	}{
+		{"10.0.0.5:22", "port 22 is not an allowed port: the agent's --allow-port would allow it"},
+		{"10.0.0.6:10250", "10.0.0.6 is not one of the node's addresses, pod ranges or allowed ranges: the agent's --allow-cidr would allow it"},
+		{"127.0.0.1:10250", "127.0.0.1 is a loopback address, refused unless named explicitly: by the agent's --node-ip, or an --allow-cidr within 127.0.0.0/8"},
+		{"[64:ff9b::a9fe:a9fe]:10250", "64:ff9b::a9fe:a9fe carries 169.254.169.254, which is a link-local or metadata address, refused unless named explicitly: " +
+			"by the agent's --node-ip, or an --allow-cidr within 169.254.0.0/16"},
+	} {
+		ap := netip.MustParseAddrPort(c.addr)
+		if err := p.check(ap.Addr(), ap.Port()); err == nil || err.Error() != c.want {
+			t.Errorf("check(%s) = %v, want %q", c.addr, err, c.want)
 		}
 	}
 }

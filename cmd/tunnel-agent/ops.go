@@ -5,9 +5,9 @@ import (
 	"log/slog"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/spf13/pflag"
 
 	"github.com/tunnel-project/tunnel/cmd/internal/admin"
+	"github.com/tunnel-project/tunnel/cmd/internal/cli"
 	"github.com/tunnel-project/tunnel/tunnel"
 )
 
@@ -17,11 +17,17 @@ import (
 // runLoop names the agent's connect-serve-reconnect loop in /livez.
 const runLoop = "run"
 
-// bindOps adds the admin and keepalive flags.
-func (f *agentFlags) bindOps(fs *pflag.FlagSet) {
-	f.admin.Bind(fs, "127.0.0.1:8134")
-	fs.DurationVar(&f.cfg.KeepaliveInterval, "keepalive-interval", f.cfg.KeepaliveInterval, "how often to ping the server")
-	fs.DurationVar(&f.cfg.KeepaliveTimeout, "keepalive-timeout", f.cfg.KeepaliveTimeout, "how long a ping may go unanswered before the session is dropped and the agent reconnects")
+// adminAddr is the default --admin-listen-address: loopback, port 8134
+// (the server's is 8133).
+const adminAddr = "127.0.0.1:8134"
+
+// bindOps adds the admin flags (Observability) and the keepalive flags
+// (Server connection).
+func (f *agentFlags) bindOps(g *cli.FlagGroups) {
+	f.admin.Bind(g.Group(cli.GroupObservability), adminAddr)
+	server := g.Group(groupServer)
+	server.DurationVar(&f.cfg.KeepaliveInterval, "keepalive-interval", f.cfg.KeepaliveInterval, "how often to ping the server")
+	server.DurationVar(&f.cfg.KeepaliveTimeout, "keepalive-timeout", f.cfg.KeepaliveTimeout, "how long a ping may go unanswered before the session is dropped and the agent reconnects")
 }
 
 // startAdmin starts the admin listener for agent, whose Run loop runs

@@ -18,9 +18,14 @@ type sshFlags struct {
 	knownHostsFile string
 }
 
-func (f *sshFlags) bind(fs *pflag.FlagSet) {
+// bindTransport adds --transport.
+func (f *sshFlags) bindTransport(fs *pflag.FlagSet) {
 	f.transport = "tls"
 	fs.Var(&f.transport, "transport", "how to reach the server: tls (TLS 1.3 + yamux, --tls-* flags) or ssh (the server's --ssh-listen-address, --ssh-* flags)")
+}
+
+// bind adds the SSH transport's flags.
+func (f *sshFlags) bind(fs *pflag.FlagSet) {
 	fs.StringVar(&f.keyFile, "ssh-key-file", "", "OpenSSH private key (--transport=ssh); a certificate beside it as KEY-cert.pub is presented instead of the bare key")
 	fs.StringVar(&f.knownHostsFile, "ssh-known-hosts-file", "", "known_hosts file that verifies the server's host key, or its host certificate with an @cert-authority line (--transport=ssh)")
 }
@@ -39,11 +44,11 @@ func (f *sshFlags) required() []string {
 func (f *sshFlags) configure(cfg *tunnel.AgentConfig) error {
 	signer, err := certs.LoadSSHSigner(f.keyFile)
 	if err != nil {
-		return &cli.FlagError{Flag: "ssh-key-file", Msg: err.Error()}
+		return cli.Blame("ssh-key-file", err)
 	}
 	hostKeys, err := knownhosts.New(f.knownHostsFile)
 	if err != nil {
-		return &cli.FlagError{Flag: "ssh-known-hosts-file", Msg: err.Error()}
+		return cli.Blame("ssh-known-hosts-file", err)
 	}
 	cfg.SSH = &tunnel.AgentSSHConfig{Signer: signer, HostKeyCallback: hostKeys}
 	return nil

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"net/netip"
-	"os"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -12,35 +14,44 @@ import (
 	"github.com/tunnel-project/tunnel/cmd/internal/cli"
 )
 
-// runCerts implements "tunnel-server certs": a CA plus server, frontend
-// client and per-node agent certificates for a quick start.
-func runCerts(args []string) int {
-	fs := pflag.NewFlagSet(prog+" certs", pflag.ContinueOnError)
-	var (
-		out        string
-		nodes      []string
-		names, ips []string
-		opts       certs.Options
-		withSSH    sshCertsFlags // ssh.go
-	)
-	fs.StringVar(&out, "out", "", "directory to write the certificates into (must not already hold them)")
-	fs.StringArrayVar(&nodes, "node", nil, "agent certificate for NAME[=IP,IP...] (repeatable)")
-	fs.StringSliceVar(&names, "server-name", nil, "extra DNS name of the server certificate (repeatable; localhost is always included)")
-	fs.StringSliceVar(&ips, "server-ip", nil, "extra IP of the server certificate (repeatable; 127.0.0.1 and ::1 are always included)")
-	fs.StringVar(&opts.ClientName, "client-name", "kube-apiserver", "common name of the frontend client certificate")
-	fs.DurationVar(&opts.Validity, "validity", 365*24*time.Hour, "how long the certificates stay valid")
-	withSSH.bind(fs)
-	err := cli.Parse(fs, args)
-	if err == nil {
-		err = writeCerts(fs, out, nodes, names, ips, opts)
-	}
-	if err == nil {
-		err = withSSH.write(out, nodes, names, ips)
-	}
-	return cli.Exit(prog+" certs", fs, err)
+// certsFlags are "tunnel-server certs": a CA plus server, frontend client
+// and per-node agent certificates for a quick start, and with --ssh the
+// SSH transport's keys.
+type certsFlags struct {
+	out        string
+	nodes      []string
+	names, ips []string
+	opts       certs.Options
+	ssh        sshCertsFlags // ssh.go
 }
 
-func writeCerts(fs *pflag.FlagSet, out string, nodes, names, ips []string, opts certs.Options) error {
+// Groups of the certs command's flags.
+const (
+	groupOutput       = "Output"
+	groupCertificates = "Certificate"
+)
+
+// setupCerts binds the certs command's flags and returns what writes them.
+func setupCerts(g *cli.FlagGroups, stdout io.Writer) func() error {
+	f := &certsFlags{}
+	out := g.Group(groupOutput)
+	out.StringVar(&f.out, "out", "", "directory to write the certificates into (must not already hold them)")
+	c := g.Group(groupCertificates)
+	c.StringArrayVar(&f.nodes, "node", nil, "agent certificate for NAME[=IP,IP...] (repeatable)")
+	c.StringSliceVar(&f.names, "server-name", nil, "extra DNS name of the server certificate (repeatable; localhost is always included)")
+	c.StringSliceVar(&f.ips, "server-ip", nil, "extra IP of the server certificate (repeatable; 127.0.0.1 and ::1 are always included)")
+	c.StringVar(&f.opts.ClientName, "client-name", "kube-apiserver", "common name of the frontend client certificate")
+	c.DurationVar(&f.opts.Validity, "validity", 365*24*time.Hour, "how long the certificates stay valid")
+	f.ssh.bind(g.Group(cli.GroupSSH))
+	return func() error {
+		if err := writeCerts(stdout, g.Set(), f.out, f.nodes, f.names, f.ips, f.opts); err != nil {
+			return err
+		}
+		return f.ssh.write(stdout, f.out, f.nodes, f.names, f.ips)
+	}
+}
+
+func writeCerts(stdout io.Writer, fs *pflag.FlagSet, out string, nodes, names, ips []string, opts certs.Options) error {
 	if err := cli.Required(fs, "out"); err != nil {
 		return err
 	}
@@ -48,7 +59,7 @@ func writeCerts(fs *pflag.FlagSet, out string, nodes, names, ips []string, opts 
 	for _, n := range nodes {
 		node, err := certs.ParseNode(n)
 		if err != nil {
-			return &cli.FlagError{Flag: "node", Msg: err.Error()}
+			return cli.Blame("node", err)
 		}
 		opts.Nodes = append(opts.Nodes, node)
 	}
@@ -60,12 +71,37 @@ func writeCerts(fs *pflag.FlagSet, out string, nodes, names, ips []string, opts 
 	opts.ServerIPs = append([]netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()}, serverIPs...)
 	files, err := certs.Generate(opts)
 	if err != nil {
-		return err
+		return generateError(err)
 	}
-	fmt.Fprintf(os.Stdout, "wrote %s %s %s %s %s %s\n", files.CACert, files.CAKey, files.ServerCert, files.ServerKey, files.ClientCert, files.ClientKey)
+	fmt.Fprintf(stdout, "wrote %s %s %s %s %s %s\n", files.CACert, files.CAKey, files.ServerCert, files.ServerKey, files.ClientCert, files.ClientKey)
 	for _, n := range opts.Nodes {
 		f := files.Agents[n.Name]
-		fmt.Fprintf(os.Stdout, "wrote %s %s\n", f[0], f[1])
+		fmt.Fprintf(stdout, "wrote %s %s\n", f[0], f[1])
 	}
 	return nil
+}
+
+// optionFlags names the flag bound to each certs.Options field.
+var optionFlags = map[string]string{
+	"Dir":         "out",
+	"Validity":    "validity",
+	"ClientName":  "client-name",
+	"ServerNames": "server-name",
+	"ServerIPs":   "server-ip",
+	"Nodes":       "node",
+}
+
+// generateError names the flag behind a certs.Generate error where one
+// flag is: the option's, or --out for files that exist or cannot be
+// written.
+func generateError(err error) error {
+	var oe *certs.OptionError
+	var pe *fs.PathError
+	switch {
+	case errors.As(err, &oe) && optionFlags[oe.Field] != "":
+		return &cli.FlagError{Flag: optionFlags[oe.Field], Msg: oe.Msg}
+	case errors.Is(err, fs.ErrExist), errors.As(err, &pe):
+		return cli.Blame("out", err)
+	}
+	return err
 }

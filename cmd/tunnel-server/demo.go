@@ -18,29 +18,24 @@ import (
 	"strings"
 	"time"
 
-	"github.com/spf13/pflag"
-
 	"github.com/tunnel-project/tunnel/certs"
 	"github.com/tunnel-project/tunnel/cmd/internal/cli"
 	"github.com/tunnel-project/tunnel/tunnel"
 )
 
-// runDemo implements "tunnel-server demo": throwaway certificates, a
-// server, an agent and a sample target on loopback, a request through the
-// tunnel, and a report of what happened. Everything is real: TCP, TLS 1.3,
-// yamux and a unix-socket CONNECT frontend, in one process.
-func runDemo(args []string) int {
-	fs := pflag.NewFlagSet(prog+" demo", pflag.ContinueOnError)
+// setupDemo binds the flags of "tunnel-server demo": throwaway
+// certificates, a server, an agent and a sample target on loopback, a
+// request through the tunnel, and a report of what happened. Everything is
+// real: TCP, TLS 1.3, yamux and a unix-socket CONNECT frontend, in one
+// process.
+func setupDemo(g *cli.FlagGroups, stdout io.Writer) func() error {
 	var logs cli.LogFlags
-	logs.Bind(fs)
-	err := cli.Parse(fs, args)
-	if err == nil {
-		err = demo(&logs)
-	}
-	return cli.Exit(prog+" demo", fs, err)
+	logs.Bind(g.Group(cli.GroupObservability))
+	return func() error { return demo(stdout, &logs) }
 }
 
-func demo(logs *cli.LogFlags) error {
+func demo(stdout io.Writer, logs *cli.LogFlags) error {
+	step := func(format string, args ...any) { fmt.Fprintf(stdout, format+"\n", args...) }
 	log, err := logs.Logger()
 	if err != nil {
 		return err
@@ -88,18 +83,19 @@ func demo(logs *cli.LogFlags) error {
 	step("3. tunnel-agent dialed out to %s, proved node demo-node with its certificate, and registered", agentAddr)
 
 	step("4. kube-apiserver's egress selector would now send, on %s:", sock)
-	if err := demoRequest(sock, target.Addr().String()); err != nil {
+	if err := demoRequest(step, sock, target.Addr().String()); err != nil {
 		return err
 	}
 	step("5. a destination no agent serves gets an honest failure:")
-	if err := demoRequest(sock, "127.0.0.9:10250"); err != nil {
+	if err := demoRequest(step, sock, "127.0.0.9:10250"); err != nil {
 		return err
 	}
 	step("6. quick figures through this tunnel (loopback, one process; benchmarks/ measures properly):")
-	return demoFigures(sock)
+	return demoFigures(step, sock)
 }
 
-func step(format string, args ...any) { fmt.Printf(format+"\n", args...) }
+// stepper prints one line of the demo's report.
+type stepper func(format string, args ...any)
 
 type demoConfigs struct{ server, agent *tls.Config }
 
@@ -142,7 +138,7 @@ func startDemoServer(t *tls.Config, dir string, log *slog.Logger) (*tunnel.Serve
 		return nil, "", "", err
 	}
 	go srv.ServeAgents(agentLn)
-	go srv.ServeConnect(udsLn)
+	go srv.ServeConnect(cli.PeerListener(udsLn))
 	return srv, agentLn.Addr().String(), sock, nil
 }
 
@@ -188,7 +184,7 @@ func connect(sock, dest string) (net.Conn, *bufio.Reader, string, error) {
 	return c, br, res.Proto + " " + res.Status, nil
 }
 
-func demoRequest(sock, dest string) error {
+func demoRequest(step stepper, sock, dest string) error {
 	step("     > CONNECT %s HTTP/1.1", dest)
 	c, br, status, err := connect(sock, dest)
 	if err != nil {
@@ -247,7 +243,7 @@ func serveWork(c net.Conn) {
 	c.Write(h.Sum(nil))
 }
 
-func demoFigures(sock string) error {
+func demoFigures(step stepper, sock string) error {
 	work, err := startWorkTarget()
 	if err != nil {
 		return err

@@ -26,7 +26,7 @@ type kubeFlags struct {
 	replicaLeases     bool
 	leaseNamespace    string
 	leaseDuration     time.Duration
-	fs                *pflag.FlagSet // to tell flags set from defaults
+	fs                *pflag.FlagSet // every flag of the server, to tell those set from defaults
 }
 
 // inCluster is the --kubeconfig value that selects the pod's service account.
@@ -43,14 +43,14 @@ var leaseFlags = map[string]string{
 	"kube.LeaseConfig.Duration":  "lease-duration",
 }
 
-func (k *kubeFlags) bind(fs *pflag.FlagSet) {
-	fs.StringVar(&k.kubeconfig, "kubeconfig", "", `kubeconfig file, or "in-cluster" for the pod's service account: agents' routes then come from their Node objects (addresses, podCIDRs), and what agents declare is only checked (empty: routes from certificates)`)
-	fs.StringVar(&k.defaultRouteLabel, "default-route-node-label", "", "with --kubeconfig, agents of nodes with this label serve the default route (key=value, or key for any value)")
-	fs.StringSliceVar(&k.defaultRouteNodes, "default-route-nodes", nil, "with --kubeconfig, agents of these nodes serve the default route (repeatable)")
-	fs.BoolVar(&k.replicaLeases, "replica-leases", false, "with --kubeconfig, count the replicas sharing the agents' server address by their Leases: each holds one, tunnel-server-<server ID>, and deletes it when it stops (excludes --server-count; needs a stable, distinct --server-id)")
-	fs.StringVar(&k.leaseNamespace, "lease-namespace", kube.DefaultLeaseNamespace, "with --replica-leases, the namespace of the replicas' Leases")
-	fs.DurationVar(&k.leaseDuration, "lease-duration", kube.DefaultLeaseDuration, "with --replica-leases, the Leases' duration: a replica gone without deleting its Lease is counted this long (renewed every third of it; whole seconds)")
-	k.fs = fs
+// bind adds the node-source flags to routing and the Lease flags to ha.
+func (k *kubeFlags) bind(routing, ha *pflag.FlagSet) {
+	routing.StringVar(&k.kubeconfig, "kubeconfig", "", `kubeconfig file, or "in-cluster" for the pod's service account: agents' routes then come from their Node objects (addresses, podCIDRs), and what agents declare is only checked (empty: routes from certificates)`)
+	routing.StringVar(&k.defaultRouteLabel, "default-route-node-label", "", "with --kubeconfig, agents of nodes with this label serve the default route (key=value, or key for any value)")
+	routing.StringSliceVar(&k.defaultRouteNodes, "default-route-nodes", nil, "with --kubeconfig, agents of these nodes serve the default route (repeatable)")
+	ha.BoolVar(&k.replicaLeases, "replica-leases", false, "with --kubeconfig, count the replicas sharing the agents' server address by their Leases: each holds one, tunnel-server-<server ID>, and deletes it when it stops (excludes --server-count; needs a stable, distinct --server-id)")
+	ha.StringVar(&k.leaseNamespace, "lease-namespace", kube.DefaultLeaseNamespace, "with --replica-leases, the namespace of the replicas' Leases")
+	ha.DurationVar(&k.leaseDuration, "lease-duration", kube.DefaultLeaseDuration, "with --replica-leases, the Leases' duration: a replica gone without deleting its Lease is counted this long (renewed every third of it; whole seconds)")
 }
 
 // changed reports whether the flag name was set on the command line.
@@ -59,9 +59,10 @@ func (k *kubeFlags) changed(name string) bool { return k.fs != nil && k.fs.Chang
 // start watches the Nodes and sets cfg.Nodes once they are listed and,
 // with --replica-leases, holds this replica's Lease and sets cfg.Replicas
 // once the Leases are listed; stop ends the watches and deletes the Lease.
-// Without --kubeconfig it does nothing.
-func (k *kubeFlags) start(cfg *tunnel.ServerConfig, log *slog.Logger) (stop func(), err error) {
+// Without --kubeconfig it does nothing. fs holds every flag of the server.
+func (k *kubeFlags) start(fs *pflag.FlagSet, cfg *tunnel.ServerConfig, log *slog.Logger) (stop func(), err error) {
 	stop = func() {}
+	k.fs = fs
 	if err := k.checkLeaseFlags(); err != nil {
 		return stop, err
 	}
@@ -77,7 +78,7 @@ func (k *kubeFlags) start(cfg *tunnel.ServerConfig, log *slog.Logger) (stop func
 	kcfg := kube.Config{DefaultRouteNodes: k.defaultRouteNodes, Logger: log.With("source", "kubernetes")}
 	if k.defaultRouteLabel != "" {
 		if kcfg.DefaultRouteSelector, err = labels.Parse(k.defaultRouteLabel); err != nil {
-			return stop, &cli.FlagError{Flag: "default-route-node-label", Msg: err.Error()}
+			return stop, cli.Blame("default-route-node-label", err)
 		}
 	}
 	if kcfg.Client, err = k.client(); err != nil {
@@ -93,7 +94,7 @@ func (k *kubeFlags) start(cfg *tunnel.ServerConfig, log *slog.Logger) (stop func
 	log.Info("listing nodes", "kubeconfig", k.kubeconfig)
 	if err := nodes.WaitForSync(ctx); err != nil {
 		nodes.Stop()
-		return stop, &cli.FlagError{Flag: "kubeconfig", Msg: err.Error()}
+		return stop, cli.Blame("kubeconfig", err)
 	}
 	if !k.replicaLeases {
 		cfg.Nodes = nodes
@@ -142,7 +143,7 @@ func (k *kubeFlags) startLeases(client kubernetes.Interface, cfg *tunnel.ServerC
 	}
 	if err != nil {
 		leases.Stop()
-		return nil, &cli.FlagError{Flag: "replica-leases", Msg: err.Error()}
+		return nil, cli.Blame("replica-leases", err)
 	}
 	log.Info("replicas counted by their leases", "replicas", leases.Count())
 	return leases, nil
@@ -163,5 +164,5 @@ func (k *kubeFlags) client() (kubernetes.Interface, error) {
 			return c, nil
 		}
 	}
-	return nil, &cli.FlagError{Flag: "kubeconfig", Msg: err.Error()}
+	return nil, cli.Blame("kubeconfig", err)
 }

@@ -5,15 +5,16 @@
 // --grpc-uds-path it also speaks kube-apiserver's gRPC egress protocol
 // (Konnectivity's ProxyService) on a second unix socket.
 //
-// Subcommands: "tunnel-server certs" writes quick-start certificates, and
+// Commands: "tunnel-server certs" writes quick-start certificates,
 // "tunnel-server demo" runs a whole tunnel on loopback and shows a request
-// crossing it.
+// crossing it, and "help" and "version" do what they say.
 package main
 
 import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"io"
 	"net"
 	"os"
 	"time"
@@ -29,18 +30,34 @@ import (
 
 const prog = "tunnel-server"
 
-func main() {
-	args := os.Args[1:]
-	if len(args) > 0 {
-		switch args[0] {
-		case "certs":
-			os.Exit(runCerts(args[1:]))
-		case "demo":
-			os.Exit(runDemo(args[1:]))
-		}
+func main() { os.Exit(program().Run(os.Args[1:])) }
+
+// program is tunnel-server with its commands.
+func program() *cli.Program {
+	return &cli.Program{
+		Name: prog,
+		Summary: "tunnel-server runs beside kube-apiserver: it accepts tunnel-agents' outbound sessions and serves\n" +
+			"the API server's egress selector (HTTP CONNECT or gRPC), sending each dial down the tunnel of the\n" +
+			"agent that can reach its destination.",
+		Main: cli.Command{Setup: setupServer},
+		Commands: []cli.Command{
+			{Name: "certs", Summary: "write quick-start certificates (and, with --ssh, SSH keys) for a server, kube-apiserver and agents",
+				Synopsis: "--out DIR [--node NAME[=IP,...]]...", Setup: setupCerts}, // certs.go
+			{Name: "demo", Summary: "run a server, an agent and a target on loopback and show a request crossing the tunnel",
+				Setup: setupDemo}, // demo.go
+		},
+		Version: func() string { return admin.Build().String() },
 	}
-	os.Exit(runServer(args))
 }
+
+// The server's flag groups, in the order --help lists them.
+const (
+	groupAgents   = "Agent listener"
+	groupFrontend = "Frontend"
+	groupRouting  = "Routing"
+	groupHA       = "High availability"
+	groupLimits   = "Limits"
+)
 
 // serverFlags binds every flag of the server one-to-one to its setting.
 type serverFlags struct {
@@ -60,29 +77,40 @@ type serverFlags struct {
 	ha                               haFlags   // ha.go
 }
 
-func (f *serverFlags) bind(fs *pflag.FlagSet) {
-	fs.StringVar(&f.agentAddr, "agent-listen-address", ":8132", "host:port where agents connect (TLS 1.3, client certificates required)")
+// bind adds every flag, each to its group.
+func (f *serverFlags) bind(g *cli.FlagGroups) {
+	for _, name := range []string{groupAgents, groupFrontend, cli.GroupTLS, groupRouting, groupHA, cli.GroupSSH, groupLimits, cli.GroupObservability, cli.GroupGeneral} {
+		g.Group(name) // the order of --help
+	}
+	g.Group(groupAgents).StringVar(&f.agentAddr, "agent-listen-address", ":8132", "host:port where agents connect (TLS 1.3, client certificates required)")
+	f.bindFrontend(g.Group(groupFrontend))
+	f.bindTLS(g.Group(cli.GroupTLS))
+	g.Group(groupRouting).BoolVar(&f.cfg.TrustAgentRoutes, "trust-agent-routes", false, "accept node IPs, pod CIDRs and the default route as agents declare them, without proof from their certificates (weaker: a compromised node could attract other nodes' traffic)")
+	f.bindHA(g.Group(groupHA))                           // ha.go
+	f.kube.bind(g.Group(groupRouting), g.Group(groupHA)) // kube.go
+	f.ssh.bind(g.Group(cli.GroupSSH))                    // ssh.go
+	f.bindLimits(g.Group(groupLimits))                   // limits.go
+	f.bindOps(g)                                         // ops.go
+	f.log.Bind(g.Group(cli.GroupObservability))
+	g.Group(cli.GroupGeneral).DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long open tunnels may go on while new CONNECTs get 503")
+}
+
+// bindFrontend adds the frontends' flags.
+func (f *serverFlags) bindFrontend(fs *pflag.FlagSet) {
+	fs.StringVar(&f.udsPath, "uds-path", "", "unix socket for the HTTP CONNECT frontend (empty disables)")
+	f.bindUDS(fs) // limits.go
+	fs.StringVar(&f.grpcUDSPath, "grpc-uds-path", "", "unix socket for the gRPC frontend, kube-apiserver's proxyProtocol: GRPC (empty disables)")
+	fs.StringVar(&f.frontendAddr, "frontend-listen-address", "", "host:port for the HTTP CONNECT frontend over TCP with mutual TLS (empty disables)")
+	fs.StringSliceVar(&f.frontendNames, "frontend-allowed-names", nil, "client certificate common names allowed on the TCP frontend (repeatable; default: any certificate from --frontend-ca-file that is not a node's)")
+}
+
+// bindTLS adds the certificate, key and CA flags.
+func (f *serverFlags) bindTLS(fs *pflag.FlagSet) {
 	fs.StringVar(&f.certFile, "tls-cert-file", "", "server certificate (PEM), used on the agent port and the TCP frontend")
 	fs.StringVar(&f.keyFile, "tls-private-key-file", "", "private key of --tls-cert-file (PEM)")
 	fs.StringVar(&f.agentCA, "agent-ca-file", "", "CA bundle that signs agent client certificates")
-	fs.StringVar(&f.udsPath, "uds-path", "", "unix socket for the HTTP CONNECT frontend (empty disables)")
-	fs.StringVar(&f.grpcUDSPath, "grpc-uds-path", "", "unix socket for the gRPC frontend, kube-apiserver's proxyProtocol: GRPC (empty disables)")
-	fs.StringVar(&f.frontendAddr, "frontend-listen-address", "", "host:port for the HTTP CONNECT frontend over TCP with mutual TLS (empty disables)")
-	fs.StringVar(&f.frontendCA, "frontend-ca-file", "", "CA bundle that signs frontend (kube-apiserver) client certificates")
-	fs.StringSliceVar(&f.frontendNames, "frontend-allowed-names", nil, "client certificate common names allowed on the TCP frontend (repeatable; default: any certificate from --frontend-ca-file that is not a node's)")
-	fs.BoolVar(&f.cfg.TrustAgentRoutes, "trust-agent-routes", false, "accept node IPs, pod CIDRs and the default route as agents declare them, without proof from their certificates (weaker: a compromised node could attract other nodes' traffic)")
-	fs.DurationVar(&f.cfg.DialTimeout, "dial-timeout", f.cfg.DialTimeout, "how long an agent may take to dial a destination")
-	fs.DurationVar(&f.cfg.HandshakeTimeout, "handshake-timeout", f.cfg.HandshakeTimeout, "bound on an agent's TLS handshake and hello")
-	fs.DurationVar(&f.cfg.HeaderTimeout, "connect-header-timeout", f.cfg.HeaderTimeout, "bound on reading a CONNECT request")
-	fs.StringVar(&f.cfg.ID, "server-id", "", "ID of this server replica (default: random)")
-	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long open tunnels may go on while new CONNECTs get 503")
-	f.bindLimits(fs) // limits.go
-	f.ssh.bind(fs)   // ssh.go
-	f.kube.bind(fs)  // kube.go
-	f.bindHA(fs)     // ha.go
+	fs.StringVar(&f.frontendCA, "frontend-ca-file", "", "CA bundle that signs frontend (kube-apiserver) client certificates, for --frontend-listen-address")
 	f.reload.Bind(fs)
-	f.log.Bind(fs)
-	f.bindOps(fs)
 }
 
 // configFlags names the flag bound to each ServerConfig field.
@@ -107,19 +135,11 @@ var configFlags = map[string]string{
 	"KeepaliveTimeout":  "keepalive-timeout",
 }
 
-func runServer(args []string) int {
-	f := serverFlags{cfg: tunnel.DefaultServerConfig()}
-	fs := pflag.NewFlagSet(prog, pflag.ContinueOnError)
-	f.bind(fs)
-	err := cli.Parse(fs, args)
-	if err == nil && f.ops.admin.ShowVersion {
-		admin.PrintVersion(prog)
-		return 0
-	}
-	if err == nil {
-		err = serve(&f, fs)
-	}
-	return cli.Exit(prog, fs, err)
+// setupServer binds the server's flags and returns what serves.
+func setupServer(g *cli.FlagGroups, _ io.Writer) func() error {
+	f := &serverFlags{cfg: tunnel.DefaultServerConfig()}
+	f.bind(g)
+	return func() error { return serve(f, g.Set()) }
 }
 
 func serve(f *serverFlags, fs *pflag.FlagSet) error {
@@ -142,13 +162,16 @@ func serve(f *serverFlags, fs *pflag.FlagSet) error {
 		return err
 	}
 	f.cfg.Logger = log
+	if err := f.checkUDS(log); err != nil { // limits.go
+		return err
+	}
 	if f.drainTimeout < 0 {
 		return &cli.FlagError{Flag: "drain-timeout", Msg: "must not be negative"}
 	}
 	if err := f.reload.Validate(); err != nil {
 		return err
 	}
-	pair, err := cli.ReloadingKeyPair("tls-cert-file", f.certFile, f.keyFile)
+	pair, err := cli.ReloadingKeyPair("tls-cert-file", "tls-private-key-file", f.certFile, f.keyFile)
 	if err != nil {
 		return err
 	}
@@ -165,7 +188,7 @@ func serve(f *serverFlags, fs *pflag.FlagSet) error {
 	if err := f.applyHA(); err != nil { // ha.go
 		return err
 	}
-	stopNodes, err := f.kube.start(&f.cfg, log) // kube.go
+	stopNodes, err := f.kube.start(fs, &f.cfg, log) // kube.go
 	if err != nil {
 		return err
 	}
@@ -235,7 +258,7 @@ func (f *serverFlags) listen(pair *certs.Reloading[tls.Certificate]) (out []list
 	}()
 	ln, err := net.Listen("tcp", f.agentAddr)
 	if err != nil {
-		return nil, nil, &cli.FlagError{Flag: "agent-listen-address", Msg: err.Error()}
+		return nil, nil, cli.Blame("agent-listen-address", err)
 	}
 	out = append(out, listener{"agent", ln, (*tunnel.Server).ServeAgents})
 	if l, err := f.ssh.listen(); err != nil { // ssh.go
@@ -248,14 +271,14 @@ func (f *serverFlags) listen(pair *certs.Reloading[tls.Certificate]) (out []list
 		if err != nil {
 			return out, nil, err
 		}
-		out = append(out, listener{"uds", ln, (*tunnel.Server).ServeConnect})
+		out = append(out, listener{"uds", cli.PeerListener(ln), (*tunnel.Server).ServeConnect})
 	}
 	if f.grpcUDSPath != "" {
 		ln, err := tunnel.ListenUnix(f.grpcUDSPath, 0o600)
 		if err != nil {
-			return out, nil, &cli.FlagError{Flag: "grpc-uds-path", Msg: err.Error()}
+			return out, nil, cli.Blame("grpc-uds-path", err)
 		}
-		out = append(out, listener{"grpc-uds", ln, konnectivity.Serve})
+		out = append(out, listener{"grpc-uds", cli.PeerListener(ln), konnectivity.Serve})
 	}
 	if f.frontendAddr != "" {
 		if cas, err = cli.ReloadingPool("frontend-ca-file", f.frontendCA); err != nil {
@@ -263,7 +286,7 @@ func (f *serverFlags) listen(pair *certs.Reloading[tls.Certificate]) (out []list
 		}
 		ln, err := net.Listen("tcp", f.frontendAddr)
 		if err != nil {
-			return out, nil, &cli.FlagError{Flag: "frontend-listen-address", Msg: err.Error()}
+			return out, nil, cli.Blame("frontend-listen-address", err)
 		}
 		cfg := certs.ServerTLS(pair, cas)
 		cfg.VerifyConnection = tunnel.FrontendClientPolicy(f.frontendNames)

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/spf13/pflag"
 
 	"github.com/tunnel-project/tunnel/cmd/internal/admin"
 	"github.com/tunnel-project/tunnel/cmd/internal/cli"
@@ -24,13 +23,20 @@ type opsFlags struct {
 	readyMinCoverage float64
 }
 
-// bindOps adds the admin, readiness and keepalive flags.
-func (f *serverFlags) bindOps(fs *pflag.FlagSet) {
-	f.ops.admin.Bind(fs, "127.0.0.1:8133")
-	fs.IntVar(&f.ops.readyMinAgents, "ready-min-agents", 1, "/readyz fails until at least this many agents are registered")
-	fs.Float64Var(&f.ops.readyMinCoverage, "ready-min-coverage", 0, "with --kubeconfig, /readyz fails until this fraction (0-1) of the cluster's Nodes have an agent registered here (0: no check)")
-	fs.DurationVar(&f.cfg.KeepaliveInterval, "keepalive-interval", f.cfg.KeepaliveInterval, "how often to ping each agent")
-	fs.DurationVar(&f.cfg.KeepaliveTimeout, "keepalive-timeout", f.cfg.KeepaliveTimeout, "how long a ping may go unanswered before the agent is dropped and its routes removed")
+// adminAddr is the default --admin-listen-address: loopback, port 8133
+// (the agent's is 8134, the agent port 8132, certs --ssh-port 8135).
+const adminAddr = "127.0.0.1:8133"
+
+// bindOps adds the admin and readiness flags (Observability) and the
+// keepalive flags (Agent listener).
+func (f *serverFlags) bindOps(g *cli.FlagGroups) {
+	obs := g.Group(cli.GroupObservability)
+	f.ops.admin.Bind(obs, adminAddr)
+	obs.IntVar(&f.ops.readyMinAgents, "ready-min-agents", 1, "/readyz fails until at least this many agents are registered")
+	obs.Float64Var(&f.ops.readyMinCoverage, "ready-min-coverage", 0, "with --kubeconfig, /readyz fails until this fraction (0-1) of the cluster's Nodes have an agent registered here (0: no check)")
+	agents := g.Group(groupAgents)
+	agents.DurationVar(&f.cfg.KeepaliveInterval, "keepalive-interval", f.cfg.KeepaliveInterval, "how often to ping each agent")
+	agents.DurationVar(&f.cfg.KeepaliveTimeout, "keepalive-timeout", f.cfg.KeepaliveTimeout, "how long a ping may go unanswered before the agent is dropped and its routes removed")
 }
 
 // checkOps validates the operational flags and points cfg at reg.

@@ -2,9 +2,9 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
-	"os"
 	"strconv"
 
 	"github.com/spf13/pflag"
@@ -27,7 +27,7 @@ type sshFlags struct {
 }
 
 func (f *sshFlags) bind(fs *pflag.FlagSet) {
-	fs.StringVar(&f.listenAddr, "ssh-listen-address", "", "host:port where agents connect over SSH (agent --transport=ssh; empty disables)")
+	fs.StringVar(&f.listenAddr, "ssh-listen-address", "", "host:port where agents connect over SSH (agent --transport=ssh), e.g. :"+strconv.Itoa(sshPort)+", the port certs --ssh writes into known_hosts (empty disables)")
 	fs.StringVar(&f.hostKeyFile, "ssh-host-key-file", "", "the SSH listener's host key (OpenSSH private key; a host certificate beside it as KEY-cert.pub is presented too)")
 	fs.StringVar(&f.authorizedKeysFile, "ssh-authorized-keys-file", "", `agent keys, authorized_keys format; each line names its node with principals="NODE" and may prove node IPs with node-ips="IP,..."`)
 	fs.StringVar(&f.userCAFile, "ssh-user-ca-file", "", "CA public keys whose user certificates prove agents' nodes by principal (NODE or system:node:NODE)")
@@ -49,7 +49,7 @@ func (f *sshFlags) listen() (*listener, error) {
 	}
 	ln, err := net.Listen("tcp", f.listenAddr)
 	if err != nil {
-		return nil, &cli.FlagError{Flag: "ssh-listen-address", Msg: err.Error()}
+		return nil, cli.Blame("ssh-listen-address", err)
 	}
 	serve := func(srv *tunnel.Server, ln net.Listener) error { return srv.ServeSSHAgents(ln, cfg) }
 	return &listener{"ssh", ln, serve}, nil
@@ -65,17 +65,17 @@ func (f *sshFlags) serverConfig() (tunnel.SSHServerConfig, error) {
 	}
 	hostKey, err := certs.LoadSSHSigner(f.hostKeyFile)
 	if err != nil {
-		return cfg, &cli.FlagError{Flag: "ssh-host-key-file", Msg: err.Error()}
+		return cfg, cli.Blame("ssh-host-key-file", err)
 	}
 	cfg.HostKeys = []ssh.Signer{hostKey}
 	if f.authorizedKeysFile != "" {
 		if cfg.AuthorizedKeys, err = certs.LoadSSHAuthorizedKeys(f.authorizedKeysFile); err != nil {
-			return cfg, &cli.FlagError{Flag: "ssh-authorized-keys-file", Msg: err.Error()}
+			return cfg, cli.Blame("ssh-authorized-keys-file", err)
 		}
 	}
 	if f.userCAFile != "" {
 		if cfg.UserCAs, err = certs.LoadSSHPublicKeys(f.userCAFile); err != nil {
-			return cfg, &cli.FlagError{Flag: "ssh-user-ca-file", Msg: err.Error()}
+			return cfg, cli.Blame("ssh-user-ca-file", err)
 		}
 	}
 	return cfg, nil
@@ -97,11 +97,11 @@ func (f *sshFlags) enableFallback(srv *tunnel.Server, log *slog.Logger) error {
 	}
 	signer, err := certs.LoadSSHSigner(f.fallbackKeyFile)
 	if err != nil {
-		return &cli.FlagError{Flag: "ssh-fallback-key-file", Msg: err.Error()}
+		return cli.Blame("ssh-fallback-key-file", err)
 	}
 	hostKeys, err := knownhosts.New(f.fallbackKnownHosts)
 	if err != nil {
-		return &cli.FlagError{Flag: "ssh-known-hosts-file", Msg: err.Error()}
+		return cli.Blame("ssh-known-hosts-file", err)
 	}
 	cfg := tunnel.SSHFallbackConfig{CIDRs: cidrs, User: f.fallbackUser, Signer: signer, HostKeyCallback: hostKeys, Port: f.fallbackPort}
 	if err := srv.EnableSSHFallback(cfg); err != nil {
@@ -118,12 +118,18 @@ type sshCertsFlags struct {
 	port    uint16
 }
 
+// sshPort is the port the SSH listener is expected on: certs --ssh-port's
+// default, named in --ssh-listen-address's help. It is none of the other
+// defaults: the agent port 8132 and the admin ports 8133 (server) and 8134
+// (agent).
+const sshPort = 8135
+
 func (f *sshCertsFlags) bind(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.enabled, "ssh", false, "also write SSH keys for the SSH transport: ssh_host_ed25519_key, known_hosts, authorized_keys and agent-NODE-ssh per --node")
-	fs.Uint16Var(&f.port, "ssh-port", 8133, "port of --ssh-listen-address, for known_hosts")
+	fs.Uint16Var(&f.port, "ssh-port", sshPort, "port of the server's --ssh-listen-address, for known_hosts")
 }
 
-func (f *sshCertsFlags) write(out string, nodes, names, ips []string) error {
+func (f *sshCertsFlags) write(stdout io.Writer, out string, nodes, names, ips []string) error {
 	if !f.enabled {
 		return nil
 	}
@@ -131,7 +137,7 @@ func (f *sshCertsFlags) write(out string, nodes, names, ips []string) error {
 	for _, n := range nodes {
 		node, err := certs.ParseNode(n)
 		if err != nil {
-			return &cli.FlagError{Flag: "node", Msg: err.Error()}
+			return cli.Blame("node", err)
 		}
 		opts.Nodes = append(opts.Nodes, node)
 	}
@@ -141,11 +147,11 @@ func (f *sshCertsFlags) write(out string, nodes, names, ips []string) error {
 	}
 	files, err := certs.GenerateSSH(opts)
 	if err != nil {
-		return err
+		return generateError(err) // certs.go
 	}
-	fmt.Fprintf(os.Stdout, "wrote %s %s %s\n", files.HostKey, files.KnownHosts, files.AuthorizedKeys)
+	fmt.Fprintf(stdout, "wrote %s %s %s\n", files.HostKey, files.KnownHosts, files.AuthorizedKeys)
 	for _, n := range opts.Nodes {
-		fmt.Fprintf(os.Stdout, "wrote %s\n", files.Agents[n.Name])
+		fmt.Fprintf(stdout, "wrote %s\n", files.Agents[n.Name])
 	}
 	return nil
 }

@@ -6,12 +6,10 @@ package admin
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,24 +19,18 @@ import (
 	"github.com/tunnel-project/tunnel/cmd/internal/cli"
 )
 
-// Flags are the admin listener's flags, and --version.
+// Flags are the admin listener's flags. (--version and the version
+// command are cli.Program's, printing Build.)
 type Flags struct {
-	Addr        string
-	Profiling   bool
-	ShowVersion bool
+	Addr      string
+	Profiling bool
 }
 
-// Bind adds --admin-listen-address (defaulting to defaultAddr),
-// --enable-profiling and --version to fs.
+// Bind adds --admin-listen-address (defaulting to defaultAddr) and
+// --enable-profiling to fs.
 func (f *Flags) Bind(fs *pflag.FlagSet, defaultAddr string) {
 	fs.StringVar(&f.Addr, "admin-listen-address", defaultAddr, "host:port for /metrics, /healthz, /livez, /readyz and, with --enable-profiling, /debug/pprof/ (empty disables)")
 	fs.BoolVar(&f.Profiling, "enable-profiling", false, "serve net/http/pprof on the admin listener under /debug/pprof/")
-	fs.BoolVar(&f.ShowVersion, "version", false, "print version, commit and Go version, then exit")
-}
-
-// PrintVersion prints prog's build info for --version.
-func PrintVersion(prog string) {
-	fmt.Fprintf(os.Stdout, "%s %s\n", prog, Build())
 }
 
 // NewHandler returns the admin endpoints: /metrics from g, /healthz and
@@ -75,7 +67,7 @@ func Start(f Flags, h http.Handler, log *slog.Logger) (*Server, error) {
 	}
 	ln, err := net.Listen("tcp", f.Addr)
 	if err != nil {
-		return nil, &cli.FlagError{Flag: "admin-listen-address", Msg: err.Error()}
+		return nil, cli.Blame("admin-listen-address", err)
 	}
 	s := &Server{
 		srv: &http.Server{

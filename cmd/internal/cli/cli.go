@@ -1,17 +1,19 @@
-// Package cli holds what both binaries need between their flags and the
-// tunnel library: logging setup, flag errors, TLS material and signals.
+// Package cli holds what both binaries need between their command line and
+// the tunnel library: the command line itself (Program: commands, help,
+// flags by group), flag errors, logging setup, TLS material, unix-socket
+// peers and signals.
 package cli
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/pflag"
@@ -19,9 +21,10 @@ import (
 	"github.com/tunnel-project/tunnel/tunnel"
 )
 
-// FlagError is a mistake in the command line; Main prints it on one line.
+// FlagError is a mistake in the command line, or a setting that cannot
+// work; Program.Run prints it on one line that names the flag, and exits 2.
 type FlagError struct {
-	Flag string
+	Flag string // without dashes; empty for a mistake no one flag made
 	Msg  string
 }
 
@@ -30,6 +33,29 @@ func (e *FlagError) Error() string {
 		return e.Msg
 	}
 	return "--" + e.Flag + ": " + e.Msg
+}
+
+// Blame returns err as a FlagError naming flag, its text without the
+// library's package prefix (Message).
+func Blame(flag string, err error) *FlagError {
+	return &FlagError{Flag: flag, Msg: Message(err)}
+}
+
+// pkgPrefixes are the prefixes the libraries' errors carry ("certs: ...").
+// A command line names the flag or the command instead, so Message drops
+// them: "tunnel-server certs: certs: ..." says the same thing twice.
+var pkgPrefixes = []string{"certs: ", "tunnel: ", "kube: ", "konnectivity: "}
+
+// Message returns err's text for the command line: without a leading
+// library package prefix.
+func Message(err error) string {
+	msg := err.Error()
+	for _, p := range pkgPrefixes {
+		if rest, ok := strings.CutPrefix(msg, p); ok {
+			return rest
+		}
+	}
+	return msg
 }
 
 // Required returns a FlagError for each empty value, naming its flag.
@@ -56,37 +82,6 @@ func FromConfig(err error, flags map[string]string) error {
 		}
 	}
 	return err
-}
-
-// Parse parses args into fs without printing usage on error; the error
-// names the flag at fault. It returns pflag.ErrHelp for --help.
-func Parse(fs *pflag.FlagSet, args []string) error {
-	fs.SetOutput(io.Discard)
-	fs.Init(fs.Name(), pflag.ContinueOnError)
-	fs.SortFlags = false
-	err := fs.Parse(args)
-	if err != nil && !errors.Is(err, pflag.ErrHelp) {
-		return &FlagError{Msg: err.Error()} // pflag's text names the flag
-	}
-	return err
-}
-
-// Exit prints err on one line as "prog: err" and returns the exit code:
-// 0 for --help (after printing usage), 2 for flag mistakes, 1 otherwise.
-func Exit(prog string, fs *pflag.FlagSet, err error) int {
-	if err == nil {
-		return 0
-	}
-	if errors.Is(err, pflag.ErrHelp) {
-		fmt.Fprintf(os.Stdout, "Usage of %s:\n%s", prog, fs.FlagUsages())
-		return 0
-	}
-	fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
-	var fe *FlagError
-	if errors.As(err, &fe) {
-		return 2
-	}
-	return 1
 }
 
 // LogFlags are the logging flags both binaries take.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -22,12 +23,17 @@ type Reloader interface {
 	Files() []string
 }
 
-// ReloadingKeyPair loads a certificate and key that WatchCerts can reload,
-// blaming certFlag for errors.
-func ReloadingKeyPair(certFlag, certFile, keyFile string) (*certs.Reloading[tls.Certificate], error) {
+// ReloadingKeyPair loads a certificate and key that WatchCerts can reload.
+// An error names the flag of the file at fault: keyFlag for a key that is
+// missing, unreadable or not the certificate's, certFlag otherwise.
+func ReloadingKeyPair(certFlag, keyFlag, certFile, keyFile string) (*certs.Reloading[tls.Certificate], error) {
 	r, err := certs.ReloadingKeyPair(certFile, keyFile)
 	if err != nil {
-		return nil, &FlagError{Flag: certFlag, Msg: err.Error()}
+		flag := certFlag
+		if fe := (*certs.FileError)(nil); errors.As(err, &fe) && fe.File == keyFile && keyFile != certFile {
+			flag = keyFlag
+		}
+		return nil, Blame(flag, err)
 	}
 	return r, nil
 }
@@ -37,7 +43,7 @@ func ReloadingKeyPair(certFlag, certFile, keyFile string) (*certs.Reloading[tls.
 func ReloadingPool(flag, file string) (*certs.Reloading[*x509.CertPool], error) {
 	r, err := certs.ReloadingPool(file)
 	if err != nil {
-		return nil, &FlagError{Flag: flag, Msg: err.Error()}
+		return nil, Blame(flag, err)
 	}
 	return r, nil
 }
