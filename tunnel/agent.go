@@ -270,6 +270,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case errors.As(err, &rej) && rej.Held:
 			a.log.Debug("reached a replica this agent already holds", "server", addr, "server_id", rej.ServerID)
+		case errors.As(err, &rej):
+			a.log.Error("server rejected registration", "server", addr, "node", a.cfg.NodeName, "reason", rej.Reason)
 		default:
 			a.log.Warn("connecting failed", "server", addr, "err", err)
 		}
@@ -572,11 +574,7 @@ func (a *Agent) hello(ctx context.Context, sess Session) (net.Conn, HelloReply, 
 		return nil, reply, fmt.Errorf("server picked protocol version %d; this agent speaks %d to %d", reply.Version, MinProtocolVersion, ProtocolVersion)
 	}
 	if reply.Error != "" {
-		err := &RejectedError{Reason: reply.Error, ServerID: reply.ServerID, Held: reply.Held}
-		if !reply.Held {
-			a.log.Error("server rejected registration", "node", a.cfg.NodeName, "reason", reply.Error)
-		}
-		return nil, reply, err
+		return nil, reply, &RejectedError{Reason: reply.Error, ServerID: reply.ServerID, Held: reply.Held} // Run logs it
 	}
 	ctrl.SetDeadline(time.Time{})
 	return ctrl, reply, nil

@@ -88,7 +88,7 @@ func (s *Server) pick(host, addr string) (*agentConn, error) {
 		}
 		if !retired {
 			return nil, s.limitError(LimitStreamsPerAgent, addr,
-				fmt.Sprintf("agent %s at its stream limit (%d)", a.node, s.cfg.MaxStreamsPerAgent))
+				fmt.Sprintf("agent %s at its stream limit (%d, %s)", a.node, s.cfg.MaxStreamsPerAgent, limitFlags[LimitStreamsPerAgent]))
 		}
 	}
 	return nil, &DialError{Result: ResultNoAgent, Address: addr}

@@ -124,22 +124,20 @@ func remoteName(c net.Conn) string {
 }
 
 // watchHangup returns a context for the dial a CONNECT waits on, which
-// ends if the client hangs up first: a dial nobody waits for stops at once,
-// on the server and on the node. It reads through br, so bytes the client
+// ends if the client hangs up first: a dial nobody waits for stops, on the
+// server and on the node, as soon as the watch (after watchAfter) sees it.
+// It reads through br, so bytes the client
 // sends early stay in br for the tunnel (and end the watch). stop ends the
 // watch and leaves c's read deadline clear.
 func watchHangup(parent context.Context, c net.Conn, br *bufio.Reader) (ctx context.Context, stop func()) {
 	ctx, cancel := context.WithCancelCause(parent)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	end := lateWatch(func() { // watch.go: only a dial slower than watchAfter is watched
 		if _, err := br.Peek(1); err != nil && !isTimeout(err) {
 			cancel(fmt.Errorf("client hung up: %w", err))
 		}
-	}()
+	}, func() { c.SetReadDeadline(time.Unix(1, 0)) })
 	return ctx, func() {
-		c.SetReadDeadline(time.Unix(1, 0))
-		<-done
+		end()
 		c.SetReadDeadline(time.Time{})
 		cancel(nil)
 	}

@@ -57,7 +57,7 @@ func TestLimitStreamsPerAgent(t *testing.T) {
 	h.startAgent(h.agentConfig("node-a"))
 	echo := startEcho(t, "127.0.0.1:0")
 	c1, c2 := h.mustConnect(echo), h.mustConnect(echo)
-	expectStatus(t, h, echo, http.StatusServiceUnavailable, "agent node-a at its stream limit (2)")
+	expectStatus(t, h, echo, http.StatusServiceUnavailable, "agent node-a at its stream limit (2, --max-streams-per-agent)")
 	if err := echoCheck(c2, 1000); err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestLimitPendingDials(t *testing.T) {
 		slow <- res.StatusCode
 	}()
 	<-entered
-	expectStatus(t, h, echo, http.StatusServiceUnavailable, "too many dials in progress (1)")
+	expectStatus(t, h, echo, http.StatusServiceUnavailable, "too many dials in progress (1, --max-pending-dials)")
 	close(release)
 	if code := <-slow; code != http.StatusBadGateway {
 		t.Errorf("the pending dial answered %d, want 502", code)

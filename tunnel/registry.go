@@ -77,7 +77,7 @@ func (s *Server) runAgent(ctx context.Context, sess Session, remote string, regi
 	}
 	if err == nil && !s.sessions.enter() {
 		s.limited(LimitAgents)
-		a, err = nil, rejection(RejectLimit, "server at its limit of %d agents", s.cfg.MaxAgents)
+		a, err = nil, rejection(RejectLimit, "server at its limit of %d agents (%s)", s.cfg.MaxAgents, limitFlags[LimitAgents])
 	}
 	if err != nil {
 		reason := rejectReason(err)

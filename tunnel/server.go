@@ -345,7 +345,7 @@ func (s *Server) dial(ctx context.Context, id uint64, addr string) (net.Conn, st
 		return nil, "", &DialError{Result: ResultBadRequest, Address: addr, Detail: err.Error()}
 	}
 	if !s.pending.enter() {
-		return nil, "", s.limitError(LimitPendingDials, addr, fmt.Sprintf("too many dials in progress (%d)", s.cfg.MaxPendingDials))
+		return nil, "", s.limitError(LimitPendingDials, addr, fmt.Sprintf("too many dials in progress (%d, %s)", s.cfg.MaxPendingDials, limitFlags[LimitPendingDials]))
 	}
 	defer s.pending.leave()
 	start := time.Now()

@@ -154,8 +154,7 @@ func (s *Server) dialFallback(ctx context.Context, id uint64, host, addr string,
 	defer cancel()
 	start := time.Now()
 	c, err := f.dial(ctx, ip, addr)
-	if err != nil {
-		s.log.Debug("ssh fallback dial failed", "dial", id, "dest", addr, "err", err)
+	if err != nil { // Server.Dial logs it
 		return nil, TransportSSHFallback + ":" + ip.String(), err
 	}
 	s.metrics.connectTime.Observe(time.Since(start).Seconds())

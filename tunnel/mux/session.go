@@ -296,7 +296,10 @@ func (s *Session) closeConn(stuck bool) {
 }
 
 func (s *Session) logEnd(err error) {
+	var ga *GoAwayError
 	switch {
+	case errors.As(err, &ga) && ga.Code == goAwayNormal: // the peer closed; its owner logs why
+		s.log.Debug("mux session ended", "err", err)
 	case errors.Is(err, ErrProtocol):
 		s.log.Warn("mux session ended", "err", err)
 	case errors.Is(err, ErrSessionClosed), errors.Is(err, io.EOF):
