@@ -67,6 +67,7 @@ func (f *agentFlags) bind(g *cli.FlagGroups) {
 	f.bindOps(g) // ops.go
 	f.log.Bind(g.Group(cli.GroupObservability))
 	g.Group(cli.GroupGeneral).DurationVar(&f.cfg.DrainTimeout, "drain-timeout", f.cfg.DrainTimeout, "on SIGTERM, how long open tunnels may go on after the server is told to route nothing new here")
+	g.Group(cli.GroupGeneral).DurationVar(&f.cfg.DrainIdle, "drain-idle", f.cfg.DrainIdle, "during a drain, close a tunnel quiet this long since the node last answered (an idle keep-alive); in the last quarter of --drain-timeout, 5ms of quiet")
 }
 
 // bindServer adds the flags of the connection to the server.
@@ -115,6 +116,7 @@ var configFlags = map[string]string{
 	"MaxBackoff":       "reconnect-max-backoff",
 	"ProbeInterval":    "probe-interval",
 	"DrainTimeout":     "drain-timeout",
+	"DrainIdle":        "drain-idle",
 	"AllowCIDRs":       "allow-cidr",
 	"AllowPorts":       "allow-port",
 
