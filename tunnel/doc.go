@@ -26,21 +26,24 @@
 //
 //	protocol.go          frames: hello, dial request and response, goodbye, replica count
 //	transport.go         the Session interface, and its TLS + mux implementation
-//	wire.go              write batching and read-ahead under a TLS session
+//	tls_batch.go         write batching and read-ahead under a TLS session
 //	keepalive.go         pings that notice a dead peer on a silent network
 //	errors.go            dial results, their HTTP statuses, DialError, ConfigError
 //
 // The server:
 //
-//	server.go            ServerConfig, Server, its accept loop, Dial
+//	server.go            ServerConfig, Server, its accept loop, its counts
+//	server_dial.go       Dial: the dial request down a new stream, and the tunnel it returns
 //	lifecycle.go         what the server owns, and how Close ends it
 //	accept.go            what a listener spends before it knows who calls: caps, accept rate
 //	limits.go            the bounds on what anyone can make the server hold
-//	registry.go          agent connections: hello, admission, registration
+//	admission.go         agent connections: hello, admission, registration
+//	control.go           the server's writes on an agent's control stream: hello reply, replica count, goodbye
 //	nodes.go             a node source's record as the truth of an agent's routes
-//	routing.go           the routing table: destination → agent
-//	duplicate.go         a second session for a node retires the first; the agent a dial takes
-//	ha.go                replicas sharing one agent address; coverage of the cluster's nodes
+//	routing.go           the routing table: destination → agent, and every change to it
+//	pick.go              the agent a dial takes, and the count of its streams
+//	replace.go           a second session for a node retires the first
+//	ha.go                replicas sharing one agent address
 //	frontend.go          the HTTP CONNECT frontend
 //	hooks.go             what frontends outside this package build on
 //	listen.go            unix-socket listeners with their mode and group from the start
@@ -49,7 +52,10 @@
 //
 // The agent:
 //
-//	agent.go             AgentConfig, Agent: connect, hello, reconnect, dial on the node
+//	agent.go             AgentConfig, Agent, Run: the reconnect loop and its backoff
+//	agent_replicas.go    the replicas an agent holds, the count they report, the addresses they advertise
+//	agent_session.go     a session: connect over TLS or SSH, hello, serve, the control stream
+//	agent_dial.go        a dial request: the dial on the node, the answer, the tunnel
 //	policy.go            the destinations an agent may dial
 //
 // Both ends:
@@ -63,6 +69,7 @@
 //
 //	ssh.go               an SSH connection as a Session, its channels as streams
 //	ssh_stream.go        an SSH channel as a net.Conn with deadlines
-//	ssh_auth.go          the server's SSH listener and its authentication; the agent's SSH dial and transport choice
+//	ssh_listen.go        the server's SSH listener for agents, and its authentication
+//	ssh_dial.go          the agent's SSH dial
 //	ssh_fallback.go      nodes without an agent, reached through their sshd
 package tunnel

@@ -1,10 +1,5 @@
 package tunnel
 
-import (
-	"net"
-	"time"
-)
-
 // High availability (README, "High availability"). Several servers —
 // replicas — may share one agent address behind a TCP load balancer. Each
 // has an ID (ServerConfig.ID) and knows how many replicas there are
@@ -51,13 +46,6 @@ func (FixedReplicas) Notify(func()) {}
 // Addresses returns nil: a fixed count knows no replica's address.
 func (FixedReplicas) Addresses() map[string]string { return nil }
 
-// isHostPort reports whether addr is "host:port" with a host and a port
-// number.
-func isHostPort(addr string) bool {
-	_, _, err := splitTarget(addr)
-	return err == nil
-}
-
 // replicaCount returns the number of replicas the server knows of.
 func (s *Server) replicaCount() int {
 	if s.cfg.Replicas == nil {
@@ -74,23 +62,6 @@ func (s *Server) peers() map[string]string {
 	peers := s.cfg.Replicas.Addresses()
 	delete(peers, s.cfg.ID)
 	return peers
-}
-
-// welcome sends a registered agent its hello reply, with the replica
-// count, and from then on lets replicasChanged reach it on ctrl. Both hold
-// a's control lock while they read the count and write, so the agent's
-// last word is the latest count.
-func (s *Server) welcome(a *agentConn, ctrl net.Conn) error {
-	a.ctrlMu.Lock()
-	defer a.ctrlMu.Unlock()
-	ctrl.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	defer ctrl.SetDeadline(time.Time{})
-	err := encodeJSONFrame(ctrl, frameHelloReply, HelloReply{Version: a.version, ServerID: s.cfg.ID,
-		ServerCount: s.replicaCount(), Address: s.cfg.AdvertiseAddress, Peers: s.peers()})
-	if err == nil {
-		a.ctrl = ctrl
-	}
-	return err
 }
 
 // replicasChanged tells every registered agent the new replica count, each
@@ -110,47 +81,4 @@ func (s *Server) replicasChanged() {
 
 func (s *Server) announceReplicas(a *agentConn) {
 	s.tell(a, frameReplicas, func() any { return replicaCount{ServerCount: s.replicaCount(), Peers: s.peers()} }, s.cfg.HandshakeTimeout)
-}
-
-// tell writes a frame with msg() as its payload on a's control stream,
-// once the hello reply has gone out (before that, there is no stream to
-// write on, and the reply itself carries what the agent must know).
-func (s *Server) tell(a *agentConn, typ byte, msg func() any, timeout time.Duration) {
-	a.ctrlMu.Lock()
-	defer a.ctrlMu.Unlock()
-	if a.ctrl == nil {
-		return
-	}
-	a.ctrl.SetWriteDeadline(time.Now().Add(timeout))
-	defer a.ctrl.SetWriteDeadline(time.Time{})
-	if err := encodeJSONFrame(a.ctrl, typ, msg()); err != nil {
-		s.log.Warn("could not write to an agent's control stream", "node", a.node, "frame", typ, "err", err)
-	}
-}
-
-// all returns every agent in the routing table.
-func (t *routes) all() []*agentConn {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	var list []*agentConn
-	for _, l := range t.names {
-		list = append(list, l...)
-	}
-	return list
-}
-
-// nodes returns the number of nodes with a registered agent.
-func (t *routes) nodes() int {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	return len(t.names)
-}
-
-// Coverage returns the number of nodes with a registered agent and, with a
-// node source, the number of nodes it knows (else 0).
-func (s *Server) Coverage() (withAgent, known int) {
-	if s.cfg.Nodes != nil {
-		known = s.cfg.Nodes.Count()
-	}
-	return s.routes.nodes(), known
 }

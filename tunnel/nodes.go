@@ -116,22 +116,3 @@ func (s *Server) rebindNode(node string) []*agentConn {
 	info, ok := s.cfg.Nodes.Lookup(node)
 	return s.routes.rebind(node, info, ok)
 }
-
-// rebind gives every agent of node the routes of info, in place (the
-// newest agent stays the newest); if the node no longer exists it removes
-// them from every route instead and returns them.
-func (t *routes) rebind(node string, info NodeInfo, exists bool) (gone []*agentConn) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for _, a := range slices.Clone(t.names[node]) { // removeLocked edits the list
-		t.removeLocked(a)
-		if !exists {
-			gone = append(gone, a)
-			continue
-		}
-		a.bind(info)
-		t.addLocked(a)
-	}
-	t.reindexLocked()
-	return gone
-}

@@ -262,6 +262,13 @@ func splitTarget(addr string) (host string, port uint16, err error) {
 	return host, uint16(n), nil
 }
 
+// isHostPort reports whether addr is "host:port" with a host and a port
+// number.
+func isHostPort(addr string) bool {
+	_, _, err := splitTarget(addr)
+	return err == nil
+}
+
 // dialRequest asks the agent to dial Address within Timeout.
 type dialRequest struct {
 	ID      uint64

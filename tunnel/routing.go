@@ -65,7 +65,7 @@ func (t *routes) remove(a *agentConn) {
 }
 
 // takeOver removes every other agent of a's node from every route and
-// returns them (duplicate.go retires them).
+// returns them (replace.go retires them).
 func (t *routes) takeOver(a *agentConn) []*agentConn {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -220,6 +220,60 @@ func (t *routes) count() int {
 		n += len(list)
 	}
 	return n
+}
+
+// all returns every agent in the routing table.
+func (t *routes) all() []*agentConn {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	var list []*agentConn
+	for _, l := range t.names {
+		list = append(list, l...)
+	}
+	return list
+}
+
+// nodes returns the number of nodes with a registered agent.
+func (t *routes) nodes() int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return len(t.names)
+}
+
+// rebind gives every agent of node the routes of info, in place (the
+// newest agent stays the newest); if the node no longer exists it removes
+// them from every route instead and returns them.
+func (t *routes) rebind(node string, info NodeInfo, exists bool) (gone []*agentConn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, a := range slices.Clone(t.names[node]) { // removeLocked edits the list
+		t.removeLocked(a)
+		if !exists {
+			gone = append(gone, a)
+			continue
+		}
+		a.bind(info)
+		t.addLocked(a)
+	}
+	t.reindexLocked()
+	return gone
+}
+
+// countByTransport is count split by the transport of each agent's session.
+func (t *routes) countByTransport() map[string]int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	counts := make(map[string]int, 2)
+	for _, list := range t.names {
+		for _, a := range list {
+			t := a.sess.Peer().Transport
+			if t == "" {
+				t = TransportTLS
+			}
+			counts[t]++
+		}
+	}
+	return counts
 }
 
 // parseIP parses an IP literal without allocating for host names, which

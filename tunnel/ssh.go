@@ -226,3 +226,17 @@ func (s *sshSession) Ping(ctx context.Context) (time.Duration, error) {
 	}
 	return pingWithin(ctx, send, func() { s.conn.Close() })
 }
+
+// bindDeadline makes c's deadline ctx's, and ends it early if ctx is
+// canceled, for handshakes that take no context; the returned function
+// clears it.
+func bindDeadline(ctx context.Context, c net.Conn) func() {
+	if d, ok := ctx.Deadline(); ok {
+		c.SetDeadline(d)
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	return func() {
+		stop()
+		c.SetDeadline(time.Time{})
+	}
+}

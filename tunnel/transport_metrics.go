@@ -51,20 +51,3 @@ func (s *Server) agentsByTransport() map[string]int {
 	}
 	return counts
 }
-
-// countByTransport is count split by the transport of each agent's session.
-func (t *routes) countByTransport() map[string]int {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	counts := make(map[string]int, 2)
-	for _, list := range t.names {
-		for _, a := range list {
-			t := a.sess.Peer().Transport
-			if t == "" {
-				t = TransportTLS
-			}
-			counts[t]++
-		}
-	}
-	return counts
-}

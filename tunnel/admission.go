@@ -24,9 +24,9 @@ type agentConn struct {
 	defaultRoute bool
 	streams      atomic.Int64    // tunnels (dialing or open), for load spreading and MaxStreamsPerAgent
 	done         <-chan struct{} // the session's Done: lookups skip a dead session at once
-	retirement                   // duplicate.go
+	retirement                   // replace.go
 
-	ctrlMu sync.Mutex // orders the server's writes on ctrl (ha.go)
+	ctrlMu sync.Mutex // orders the server's writes on ctrl (control.go)
 	ctrl   net.Conn   // the control stream, once the hello reply is sent
 }
 
@@ -52,7 +52,7 @@ func (s *Server) handleAgent(raw net.Conn, registered func()) {
 }
 
 // runAgent is the part of an agent connection common to every transport
-// (TLS + yamux here, SSH in ssh_auth.go): hello within ctx, admission,
+// (TLS + yamux here, SSH in ssh_listen.go): hello within ctx, admission,
 // registration (then it calls registered), keepalive and drain until the
 // session ends.
 func (s *Server) runAgent(ctx context.Context, sess Session, remote string, registered func()) {
@@ -93,7 +93,7 @@ func (s *Server) runAgent(ctx context.Context, sess Session, remote string, regi
 	if s.cfg.Nodes != nil {
 		s.syncNode(a.node) // a change since admit
 	}
-	if err := s.welcome(a, ctrl); err != nil { // ha.go
+	if err := s.welcome(a, ctrl); err != nil { // control.go
 		s.routes.remove(a)
 		s.reject(RejectHello)
 		s.log.Warn("agent lost during hello", "remote", remote, "node", a.node, "err", err)
@@ -102,7 +102,7 @@ func (s *Server) runAgent(ctx context.Context, sess Session, remote string, regi
 	s.metrics.registrations.Inc()
 	registered()
 	s.log.Info("agent registered", "node", a.node, "remote", remote, "ips", ips, "podCIDRs", cidrs, "defaultRoute", def)
-	s.replaceOlder(a) // duplicate.go
+	s.replaceOlder(a) // replace.go
 	done := make(chan struct{}, 2)
 	go func() {
 		defer func() { done <- struct{}{} }()
@@ -115,18 +115,12 @@ func (s *Server) runAgent(ctx context.Context, sess Session, remote string, regi
 	select {
 	case <-sess.Done():
 	case <-a.replacedCh():
-		s.drainReplaced(a) // duplicate.go; closes the session
+		s.drainReplaced(a) // replace.go; closes the session
 	}
 	s.routes.remove(a)
 	<-done
 	<-done
 	s.log.Info("agent disconnected", "node", a.node, "remote", remote)
-}
-
-// sayGoodbye tells a's agent why the server ends its session, for the
-// agent's log; an agent that does not read holds it up a second at most.
-func (s *Server) sayGoodbye(a *agentConn, reason string) {
-	s.tell(a, frameGoodbye, func() any { return goodbye{Reason: reason} }, time.Second) // ha.go
 }
 
 // refuse answers a hello with r, which says why nothing was registered,
