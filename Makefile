@@ -37,6 +37,18 @@ test-unit:
 test-e2e:
 	cd e2e && $(GO) test -race -count=1 ./...
 
+# The real Kubernetes control plane (e2e/kubernetes, its own module): etcd,
+# kube-apiserver and kubectl built from the pinned modules in
+# e2e/kubernetes/tools, a virtual-kubelet kubelet API, and the tunnel in all
+# three egress modes across network namespaces (needs root and iproute2).
+# The first run is a one-time cold build of kube-apiserver, kubectl and etcd
+# (20-40 min on two cores), cached by version in
+# ${TUNNEL_K8S_CACHE:-$HOME/.cache/tunnel-kubernetes}; a warm run takes
+# about 4 min (3-4 min measured on a busy two-core machine).
+.PHONY: test-kubernetes
+test-kubernetes:
+	cd e2e/kubernetes && $(GO) test -count=1 -timeout 80m -v ./...
+
 # Every fuzz target of network decoders: briefly in `make test` (a count, not
 # a time: very short -fuzztime runs can end in a spurious "context deadline
 # exceeded"), long with
