@@ -210,7 +210,10 @@ func copyAdaptive(dst io.Writer, src io.Reader, count counter, pause func() (boo
 // once is buffered in the stream as usual, and the copying goroutine writes
 // it with blocking writes. Only plain sockets (TCP on the node, the
 // unix-socket frontend) take the fast lane; a TLS destination needs a
-// goroutine to encrypt.
+// goroutine to encrypt. And only small pieces: the read loop serves every
+// stream of a session, so bulk data (more than a small buffer's worth in
+// one frame) is left to the stream's own copying goroutine, where several
+// streams are written in parallel.
 //
 // The copying goroutine need not even exist while it would only wait: the
 // direction parks the stream (mux.Stream.Park) and ends its goroutine, and
@@ -243,6 +246,9 @@ func socketSink(dst net.Conn, count counter, moved *atomic.Int64) func([]byte) i
 		return nil
 	}
 	return func(p []byte) int {
+		if len(p) > smallBufSize {
+			return 0 // bulk: the copier's goroutine writes it, beside the read loop
+		}
 		n := 0
 		rc.Write(func(fd uintptr) bool {
 			for n < len(p) {
