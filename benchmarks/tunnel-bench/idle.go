@@ -13,7 +13,7 @@ import (
 	"github.com/tunnel-project/tunnel/benchmarks"
 )
 
-// goalIdleKiB is issue 3's bound on resident memory per idle tunnel,
+// goalIdleKiB is the bound on resident memory per idle tunnel,
 // server and agent together.
 const goalIdleKiB = 32
 

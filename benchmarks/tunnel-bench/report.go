@@ -23,7 +23,7 @@ const (
 	unitGoroutine = "goroutines/tunnel"
 )
 
-// goal is a target of issue 3: a bound on the ratio (or, for figures
+// goal is a target of the benchmark: a bound on the ratio (or, for figures
 // without a baseline, on the tunnel figure itself).
 type goal struct {
 	AtLeast bool    `json:"atLeast"` // true: figure ≥ Value; false: figure ≤ Value

@@ -9,7 +9,7 @@ import (
 	"github.com/tunnel-project/tunnel/benchmarks"
 )
 
-// goalSlowReader is issue 3's bound on how much one unread tunnel may
+// goalSlowReader is the bound on how much one unread tunnel may
 // raise the round trips of the others on the same agent.
 const goalSlowReader = 2.0
 

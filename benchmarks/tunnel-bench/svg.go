@@ -9,7 +9,7 @@ import (
 )
 
 // The chart: one horizontal bar per figure that has a ratio, on a log
-// scale around 1× (the baseline), green where issue 3's target is met, red
+// scale around 1× (the baseline), green where the target is met, red
 // where it is not, grey where there is none; a black tick marks the
 // target. Below each, a blue bar is the tunnel's ratio to the probe, where
 // the probe ran.
@@ -73,7 +73,7 @@ func renderSVG(r *report) []byte {
 	title := fmt.Sprintf("tunnel-bench: tunnel ÷ baseline (log scale; right is larger) — %s, %d CPUs, %s, %s",
 		r.Machine.CPUModel, r.Machine.NumCPU, r.Machine.GoVersion, r.Started.Format("2006-01-02 15:04"))
 	fmt.Fprintf(&b, `<text x="10" y="20" font-size="14" font-weight="bold">%s</text>`+"\n", esc(title))
-	fmt.Fprintf(&b, `<text x="10" y="38" fill="#555">green: issue 3's target met · red: not met · grey: no target · black tick: the target · blue: ÷ probe (TLS 1.3 relay, no multiplexer) · commit %s</text>`+"\n", esc(short(r.Machine.Commit)))
+	fmt.Fprintf(&b, `<text x="10" y="38" fill="#555">green: target met · red: not met · grey: no target · black tick: the target · blue: ÷ probe (TLS 1.3 relay, no multiplexer) · commit %s</text>`+"\n", esc(short(r.Machine.Commit)))
 	axisY := svgTop + len(rows)*svgRowH
 	for _, t := range svgTicks {
 		if t < lo || t > hi {
