@@ -35,6 +35,16 @@ func (r *recordingSink) snapshot() (int, []byte) {
 	return r.calls, bytes.Clone(r.got.Bytes())
 }
 
+// waitParked waits until st's reader waits in Read(nil).
+func waitParked(t *testing.T, st *Stream) {
+	t.Helper()
+	eventually(t, 5*time.Second, "the reader to wait", func() bool {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		return st.parked
+	})
+}
+
 // TestSinkTakesDataWhileReaderWaits: while the reader waits in Read(nil),
 // data goes to the sink on the read loop and the reader stays asleep; more
 // than a window's worth passes, so the sink's bytes are given back as
@@ -46,11 +56,7 @@ func TestSinkTakesDataWhileReaderWaits(t *testing.T) {
 	b.SetSink(sink.take)
 	woke := make(chan error, 1)
 	go func() { _, err := b.Read(nil); woke <- err }()
-	eventually(t, 5*time.Second, "the reader to wait", func() bool {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		return b.parked
-	})
+	waitParked(t, b)
 
 	data := make([]byte, 3*initialWindow)
 	rand.NewChaCha8([32]byte{1}).Read(data)
@@ -86,11 +92,7 @@ func TestSinkRemainderIsRead(t *testing.T) {
 	b.SetSink(sink.take)
 	woke := make(chan error, 1)
 	go func() { _, err := b.Read(nil); woke <- err }()
-	eventually(t, 5*time.Second, "the reader to wait", func() bool {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		return b.parked
-	})
+	waitParked(t, b)
 	if _, err := a.Write([]byte("abcdefgh")); err != nil {
 		t.Fatal(err)
 	}
