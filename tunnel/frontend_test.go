@@ -70,16 +70,7 @@ func TestRemoteName(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	client, err := net.Dial("unix", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
+	_, server := connPair(t, ln)
 	if got := remoteName(server); got != "uds" {
 		t.Errorf("unnamed unix client: %q, want uds", got)
 	}

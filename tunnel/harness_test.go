@@ -239,6 +239,23 @@ func listenTCP(t *testing.T, addr string) net.Listener {
 	return ln
 }
 
+// connPair dials ln and accepts the connection: both ends, closed at
+// cleanup.
+func connPair(t *testing.T, ln net.Listener) (client, server net.Conn) {
+	t.Helper()
+	client, err := net.Dial(ln.Addr().Network(), ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	server, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+	return client, server
+}
+
 // startEcho serves an echo target on addr and returns its address. It
 // echoes until the client half-closes, then half-closes back.
 func startEcho(t *testing.T, addr string) string {
