@@ -130,7 +130,7 @@ spec:
 	})
 	t.Run("no agent", func(t *testing.T) {
 		c.agent.kill(t)
-		c.waitServerAgents(t, 0)
+		c.waitAgentGone(t)
 		out, err := c.kubectl(t, nil, "get", "--raw", "/apis/"+aggGroup+"/"+aggVersion+"/echoes")
 		if err == nil {
 			t.Fatalf("aggregated API answered with no agent: %s", out)

@@ -359,12 +359,20 @@ func (c *cluster) startAgent(t *testing.T) *proc {
 	return c.agent
 }
 
-// agentsConnectedRE matches tunnel-server's gauge of registered agents.
-var agentsConnectedRE = regexp.MustCompile(`(?m)^tunnel_server_agents_connected\{[^}]*\} (\d+)$`)
+var (
+	// agentsConnectedRE matches tunnel-server's gauge of registered agents.
+	agentsConnectedRE = regexp.MustCompile(`(?m)^tunnel_server_agents_connected\{[^}]*\} (\d+)$`)
+	// streamsOpenRE matches tunnel-server's gauge of open tunnels.
+	streamsOpenRE = regexp.MustCompile(`(?m)^tunnel_server_streams_open (\d+)$`)
+)
 
-// waitServerAgents polls tunnel-server's metrics until it counts n agents
-// (over every transport).
-func (c *cluster) waitServerAgents(t *testing.T, n int) {
+// waitAgentGone waits until tunnel-server has dropped the killed agent and
+// closed every tunnel it carried. Only then has kube-apiserver been told
+// its pooled connections through the agent are gone; a request sent
+// earlier may still pick one and fail with EOF, as over any connection
+// that breaks while a request is sent, instead of with tunnel-server's
+// "no agent" reason.
+func (c *cluster) waitAgentGone(t *testing.T) {
 	t.Helper()
 	hc := &http.Client{Transport: &http.Transport{DialContext: c.tp.cp.DialContext}, Timeout: 5 * time.Second}
 	eventually(t, startTimeout, func() (bool, string) {
@@ -372,12 +380,15 @@ func (c *cluster) waitServerAgents(t *testing.T, n int) {
 		if err != nil {
 			return false, err.Error()
 		}
-		sum := 0
-		for _, m := range agentsConnectedRE.FindAllStringSubmatch(body, -1) {
-			v, _ := strconv.Atoi(m[1])
-			sum += v
+		sum := func(re *regexp.Regexp) (n int) {
+			for _, m := range re.FindAllStringSubmatch(body, -1) {
+				v, _ := strconv.Atoi(m[1])
+				n += v
+			}
+			return n
 		}
-		return sum == n, fmt.Sprintf("tunnel-server counts %d agents, want %d", sum, n)
+		agents, streams := sum(agentsConnectedRE), sum(streamsOpenRE)
+		return agents == 0 && streams == 0, fmt.Sprintf("tunnel-server counts %d agents and %d open tunnels", agents, streams)
 	})
 }
 

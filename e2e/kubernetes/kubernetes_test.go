@@ -68,7 +68,7 @@ func (c *cluster) checkAgentKill(t *testing.T) {
 
 	killed := time.Now()
 	c.agent.kill(t)
-	c.waitServerAgents(t, 0)
+	c.waitAgentGone(t)
 	select {
 	case <-follow.done:
 		t.Logf("kubectl logs -f ended %s after the agent was killed (%v)", time.Since(killed).Round(time.Millisecond), follow.err)

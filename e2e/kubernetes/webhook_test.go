@@ -279,7 +279,7 @@ func (c *cluster) webhookUnderLoad(t *testing.T) {
 // timeout (30 s for nsTunnelLong).
 func (c *cluster) webhookNoAgent(t *testing.T) {
 	c.agent.kill(t)
-	c.waitServerAgents(t, 0)
+	c.waitAgentGone(t)
 	for _, ns := range []string{nsTunnelLong, nsTunnel} {
 		start := time.Now()
 		err := c.createConfigMap(t.Context(), ns, false)
