@@ -24,6 +24,7 @@ type agentConn struct {
 	defaultRoute bool
 	streams      atomic.Int64    // tunnels (dialing or open), for load spreading and MaxStreamsPerAgent
 	done         <-chan struct{} // the session's Done: lookups skip a dead session at once
+	draining     atomic.Bool     // the agent sent its drain frame: a last resort (routing.go)
 	retirement                   // replace.go
 
 	ctrlMu sync.Mutex // orders the server's writes on ctrl (control.go)

@@ -71,8 +71,8 @@ type AgentConfig struct {
 	// half times it, so a fleet's probes spread out. Default 10s.
 	ProbeInterval time.Duration
 	// DrainTimeout is how long tunnels in flight may go on after the
-	// agent's context ends (it has told the server to route nothing new to
-	// it). Default 30s.
+	// agent's context ends (it has told the server to route new dials to it
+	// only when no other agent serves them). Default 30s.
 	DrainTimeout time.Duration
 	// DrainIdle is how long, during a drain, a tunnel must have been quiet
 	// since its node side last sent for the drain to close it as an idle

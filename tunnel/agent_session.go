@@ -112,8 +112,8 @@ func (a *Agent) serve(ctx context.Context, s *agentSession) error {
 		if err != nil {
 			return err
 		}
-		if !streams.begin() { // routed here before the server saw the drain
-			a.respond(st, dialResponse{Result: ResultError, Message: "agent draining"})
+		if !streams.join() { // the drain ended with the last tunnel
+			a.respond(st, dialResponse{Result: ResultError, Message: "agent drained"})
 			st.Close()
 			continue
 		}
@@ -121,7 +121,9 @@ func (a *Agent) serve(ctx context.Context, s *agentSession) error {
 		go func() {
 			defer a.wg.Done()
 			defer streams.end()
-			a.serveStream(ctx, st, &open)
+			// A draining agent still dials: its context has ended, but the
+			// dial's own timeout and the server's hang-up bound it.
+			a.serveStream(context.WithoutCancel(ctx), st, &open)
 		}()
 	}
 }

@@ -9,15 +9,19 @@ import (
 // Draining, on both ends (DESIGN.md section 6). On SIGTERM the server stops
 // taking dials (Server.Shutdown) and the agent tells the server it is
 // leaving (a drain frame on the control stream, PROTOCOL.md), so that new
-// dials for its node go to another agent or fail at once; each then lets
-// the tunnels in flight finish within its drain timeout before it closes.
+// dials for its node go to another agent where one serves them; each then
+// lets the tunnels in flight finish within its drain timeout before it
+// closes. A draining agent still takes the dials the server sends it — the
+// last agent for a destination, until its replacement registers — up to
+// the moment its last tunnel has ended.
 
 // inflight counts work in progress — dials and open tunnels — and, once
-// draining, refuses new work and reports when the count reaches zero.
+// draining, reports when the count reaches zero.
 type inflight struct {
 	mu      sync.Mutex
 	n       int
 	closing bool
+	done    bool          // the count reached zero while draining
 	idle    chan struct{} // made by drain; closed at zero
 }
 
@@ -32,10 +36,23 @@ func (f *inflight) begin() bool {
 	return true
 }
 
+// join counts new work unless the drain has ended: the agent's dials,
+// which a draining agent still serves.
+func (f *inflight) join() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.done {
+		return false
+	}
+	f.n++
+	return true
+}
+
 func (f *inflight) end() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.n--; f.n == 0 && f.idle != nil {
+		f.done = true
 		close(f.idle)
 	}
 }
@@ -49,6 +66,7 @@ func (f *inflight) drain() <-chan struct{} {
 		f.closing = true
 		f.idle = make(chan struct{})
 		if f.n == 0 {
+			f.done = true
 			close(f.idle)
 		}
 	}
@@ -97,8 +115,15 @@ func (a *Agent) drain(sess Session, ctrl net.Conn, streams *inflight, open *tunn
 		case <-sess.Done():
 		case now := <-check.C:
 			quiet, every := drainQuiet(a.cfg.DrainIdle, a.cfg.DrainTimeout, now.Sub(start))
-			if n := open.closeQuiet(now, quiet); n > 0 {
-				a.log.Info("closed tunnels idle between requests", "tunnels", n, "quiet_for", quiet)
+			idle, busy, busyLeft := open.closeQuiet(now, quiet)
+			if idle > 0 {
+				a.log.Info("closed tunnels idle between requests", "tunnels", idle, "quiet_for", quiet)
+			}
+			if busy > 0 {
+				a.log.Info("closed busy tunnels in a pause between requests", "tunnels", busy, "quiet_for", drainLastQuiet)
+			}
+			if busyLeft {
+				every = drainLastQuiet / 5
 			}
 			check.Reset(every)
 			continue
@@ -108,9 +133,11 @@ func (a *Agent) drain(sess Session, ctrl net.Conn, streams *inflight, open *tunn
 	}
 }
 
-// watchDrain reads the agent's control stream after registration; a drain
-// frame takes the agent out of routing at once, so new dials for its node
-// go elsewhere or fail fast while its tunnels finish.
+// watchDrain reads the agent's control stream after registration; after a
+// drain frame the agent is routed to only when no other agent serves the
+// destination (routing.go): new dials go elsewhere at once where they can,
+// and do not fail in the moment between an agent's SIGTERM and its
+// replacement's registration.
 func (s *Server) watchDrain(ctrl net.Conn, a *agentConn) {
 	for {
 		typ, _, err := readAnyFrame(ctrl)
@@ -118,7 +145,7 @@ func (s *Server) watchDrain(ctrl net.Conn, a *agentConn) {
 			return
 		}
 		if typ == frameDrain {
-			s.routes.remove(a)
+			a.draining.Store(true)
 			s.log.Info("agent draining", "node", a.node)
 		}
 	}

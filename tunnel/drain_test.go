@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -65,39 +66,53 @@ func TestServerShutdownTimeout(t *testing.T) {
 	}
 }
 
-// TestAgentDrain: an agent whose context ends tells the server, which routes
-// nothing new to it at once, while its open tunnel finishes; the agent stops
-// once that tunnel ends.
+// TestAgentDrain: an agent whose context ends tells the server and lets its
+// open tunnels finish. While it is the only agent for its node, new dials
+// still reach it rather than fail in the moment before its replacement
+// registers; once the replacement has, they go there; the old agent stops
+// once its own tunnels end.
 func TestAgentDrain(t *testing.T) {
 	h := newHarness(t, nil)
 	cfg := h.agentConfig("node-a")
 	cfg.DrainTimeout = time.Minute
-	cfg.DrainIdle = time.Minute // the open tunnel is not an idle one here
-	agent := h.startAgent(cfg)
+	cfg.DrainIdle = time.Minute // the open tunnels are not idle ones here
+	old := h.startAgent(cfg)
 	echo := startEcho(t, "127.0.0.1:0")
-	c := h.mustConnect(echo)
+	before := h.mustConnect(echo)
 
 	stopped := make(chan struct{})
-	go func() { agent.stop(); close(stopped) }()
-	waitFor(t, "the server to take the draining agent out of routing", func() bool { return h.srv.Agents() == 0 })
+	go func() { old.stop(); close(stopped) }()
+	waitFor(t, "the server to see the agent draining", func() bool {
+		all := h.srv.routes.all()
+		return len(all) == 1 && all[0].draining.Load()
+	})
+	during := h.mustConnect(echo) // the draining agent is the only one
+	for _, c := range []net.Conn{before, during} {
+		if err := echoCheck(c, 1<<20); err != nil {
+			t.Fatalf("tunnel through the draining agent: %v", err)
+		}
+	}
 
-	_, res := h.connect(echo)
-	if res.StatusCode != http.StatusBadGateway || !strings.Contains(res.Status, "no agent") {
-		t.Fatalf("CONNECT to a draining agent's node: %s, want 502 no agent", res.Status)
-	}
-	if err := echoCheck(c, 1<<20); err != nil {
-		t.Fatalf("tunnel open before the drain: %v", err)
-	}
+	h.runAgent(h.agentConfig("node-a"))
+	waitFor(t, "the replacement to take the node's routes", func() bool {
+		all := h.srv.routes.all()
+		return len(all) == 1 && !all[0].draining.Load()
+	})
+	after := h.mustConnect(echo)
 	select {
 	case <-stopped:
-		t.Fatal("agent stopped with a tunnel still open")
+		t.Fatal("agent stopped with tunnels still open")
 	default:
 	}
-	c.Close()
+	before.Close()
+	during.Close()
 	select {
 	case <-stopped:
 	case <-time.After(5 * time.Second):
 		t.Fatal("agent did not stop after its last tunnel closed")
+	}
+	if err := echoCheck(after, 1<<20); err != nil {
+		t.Fatalf("tunnel dialed after the replacement registered, once the old agent stopped: %v", err)
 	}
 }
 
@@ -167,30 +182,55 @@ func TestAgentDrainClosesIdleTunnels(t *testing.T) {
 }
 
 // TestAgentDrainClosesBusyTunnelBetweenRequests: a tunnel never quiet for
-// DrainIdle (requests one after another) is closed in the last quarter of
-// DrainTimeout in a pause after an answer, not cut mid-request at the
-// timeout: every request sent gets its answer.
+// DrainIdle is closed in a pause after an answer, not cut mid-request at
+// the timeout, and every request sent gets its answer: one carrying
+// request after request (fifty a second, a busy webhook connection) soon
+// after the drain begins, one with a few a second in the last quarter of
+// DrainTimeout.
 func TestAgentDrainClosesBusyTunnelBetweenRequests(t *testing.T) {
-	h := newHarness(t, nil)
-	cfg := h.agentConfig("node-a")
-	cfg.DrainTimeout = 2 * time.Second
-	cfg.DrainIdle = time.Minute
-	agent := h.startAgent(cfg)
-	c := h.mustConnect(startEcho(t, "127.0.0.1:0"))
-
-	start := time.Now()
-	go agent.stop()
-	req, resp := []byte("request"), make([]byte, 7)
-	for n := 0; ; n++ {
-		// Between requests, read as an HTTP client's idle connection does:
-		// an EOF here is the server closing an idle connection.
-		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-		if _, err := c.Read(resp[:1]); err == io.EOF {
-			t.Logf("closed between requests %s into the drain, after %d requests", time.Since(start).Round(time.Millisecond), n)
-			if d := time.Since(start); d < cfg.DrainTimeout/2 {
-				t.Fatalf("closed after %s, before the last quarter of the %s drain", d, cfg.DrainTimeout)
+	for _, tc := range []struct {
+		name           string
+		pause          time.Duration // between an answer and the next request
+		drain          time.Duration // DrainTimeout
+		within, before time.Duration // when the tunnel must close
+	}{
+		{"busy", 20 * time.Millisecond, time.Minute, 0, 2 * time.Second},
+		{"slow", 200 * time.Millisecond, 2 * time.Second, time.Second, 2 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, nil)
+			cfg := h.agentConfig("node-a")
+			cfg.DrainTimeout = tc.drain
+			cfg.DrainIdle = time.Minute
+			agent := h.startAgent(cfg)
+			c := h.mustConnect(startEcho(t, "127.0.0.1:0"))
+			if n := requestLoop(t, c, tc.pause, time.Now().Add(2500*time.Millisecond)); n >= 0 {
+				t.Fatalf("closed after %d requests, before the drain", n)
 			}
-			return
+			start := time.Now()
+			go agent.stop()
+			n := requestLoop(t, c, tc.pause, start.Add(tc.drain+5*time.Second))
+			took := time.Since(start)
+			t.Logf("closed between requests %s into the drain, after %d requests", took.Round(time.Millisecond), n)
+			if n < 0 || took < tc.within || took > tc.before {
+				t.Fatalf("closed after %s (open: %v); want between %s and %s into the drain", took, n < 0, tc.within, tc.before)
+			}
+		})
+	}
+}
+
+// requestLoop sends requests on c until until, each after a pause in which
+// it reads as an HTTP client's idle connection does, where an EOF is the
+// server closing an idle connection: then it returns how many requests it
+// sent. It returns -1 if c is still open at until; it fails the test if a
+// request loses its answer.
+func requestLoop(t *testing.T, c net.Conn, pause time.Duration, until time.Time) int {
+	t.Helper()
+	req, resp := []byte("request"), make([]byte, 7)
+	for n := 0; time.Now().Before(until); n++ {
+		c.SetReadDeadline(time.Now().Add(pause))
+		if _, err := c.Read(resp[:1]); err == io.EOF {
+			return n
 		} else if !errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Fatalf("between requests: %v", err)
 		}
@@ -199,8 +239,59 @@ func TestAgentDrainClosesBusyTunnelBetweenRequests(t *testing.T) {
 			t.Fatalf("request %d: %v", n, err)
 		}
 		if _, err := io.ReadFull(c, resp); err != nil {
-			t.Fatalf("request %d, %s into the drain, lost its answer: %v", n, time.Since(start).Round(time.Millisecond), err)
+			t.Fatalf("request %d lost its answer: %v", n, err)
 		}
+	}
+	return -1
+}
+
+// TestAgentDrainKeepsStreamingTunnel: a tunnel that opened with a burst of
+// exchanges (a session's handshakes) and then carries output the node sends
+// unprompted, as an exec or logs -f does, is not taken for a busy
+// keep-alive: the drain lets it run to its end.
+func TestAgentDrainKeepsStreamingTunnel(t *testing.T) {
+	h := newHarness(t, nil)
+	cfg := h.agentConfig("node-a")
+	cfg.DrainTimeout = time.Minute
+	cfg.DrainIdle = time.Minute
+	agent := h.startAgent(cfg)
+	const opening, ticks = 8, 40
+	ln := listenTCP(t, "127.0.0.1:0")
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		b := make([]byte, 1)
+		for range opening {
+			if _, err := io.ReadFull(c, b); err != nil {
+				return
+			}
+			c.Write(b)
+		}
+		for range ticks {
+			time.Sleep(50 * time.Millisecond)
+			if _, err := c.Write([]byte("t")); err != nil {
+				return
+			}
+		}
+	}()
+	c := h.mustConnect(ln.Addr().String())
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	b := make([]byte, 1)
+	for range opening {
+		if _, err := c.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	go agent.stop()
+	got, err := io.ReadAll(c)
+	if err != nil || len(got) != ticks {
+		t.Fatalf("streamed through the drain: %d of %d bytes, %v", len(got), ticks, err)
 	}
 }
 

@@ -34,7 +34,7 @@ const (
 	frameHelloReply   byte = 0x02 // server → agent, JSON hello reply
 	frameDialRequest  byte = 0x03 // server → agent, first frame of a dial stream
 	frameDialResponse byte = 0x04 // agent → server, answer to a dial request
-	frameDrain        byte = 0x05 // agent → server, control stream: route nothing new here
+	frameDrain        byte = 0x05 // agent → server, control stream: route here only as a last resort
 	frameReplicas     byte = 0x06 // server → agent, control stream: the replica count changed (ha.go)
 	frameGoodbye      byte = 0x07 // server → agent, control stream: why the server ends the session
 )

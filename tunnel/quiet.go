@@ -23,21 +23,34 @@ import (
 // whose last bytes went toward the node (a request not yet answered) is
 // never closed this way.
 //
-// A connection that is never quiet that long (fifty webhook calls a second
-// on one HTTP/2 connection) would hold the drain to its timeout and be cut
-// mid-request then. So in the last quarter of DrainTimeout the quiet that
-// counts shrinks to drainLastQuiet: such a connection is closed in its
-// next pause between an answer and the next request. The one race left is
-// the one every HTTP server's idle close has: a request sent in the same
-// instant as the close. What stays quiet longer than DrainIdle while in use
-// (an interactive exec at its prompt) is closed too; raising DrainIdle
-// keeps it longer, up to DrainTimeout.
+// A connection that is never quiet that long would hold the drain to its
+// timeout and be cut mid-request then: fifty webhook calls a second on one
+// HTTP/2 connection. Such a connection has a rhythm of its own: request,
+// answer, pause, many times a second. A tunnel whose node began at least
+// busyAnswers answers in each of the last two whole seconds is taken for
+// one, and closed in its next pause of drainLastQuiet after an answer,
+// from the start of the drain. Output the node sends unprompted (logs -f,
+// an exec's output) is no answer, and a session's opening handshakes are
+// too few and too short to count. In the last quarter of DrainTimeout
+// every tunnel is held to that short pause: what is still open then is
+// closed in its next pause between an answer and the next request rather
+// than cut at the timeout. The one race left is the one every HTTP
+// server's idle close has: a request sent in the same instant as the
+// close. What stays quiet longer than DrainIdle while in use (an
+// interactive exec at its prompt) is closed too, and so is one typed into
+// faster than busyAnswers a second for two seconds; raising DrainIdle
+// keeps the first longer, up to DrainTimeout.
 
 // drainLastQuiet is the quiet that marks a pause between requests in the
 // last quarter of a drain: longer than the gaps inside one answer, shorter
 // than the gaps between requests of a peer sending fifty a second on one
 // connection (20 ms apart).
 const drainLastQuiet = 5 * time.Millisecond
+
+// busyAnswers is the answers a second, in each of two whole seconds, that
+// mark a tunnel carrying request after request: more than an exec's
+// opening exchanges, or a person typing, make.
+const busyAnswers = 10
 
 // drainQuiet returns, for a drain elapsed into timeout, how long a tunnel
 // must have been quiet to be closed, and how soon to look again.
@@ -54,11 +67,48 @@ type tunnelUse struct {
 	fromNode atomic.Bool  // those bytes came from the node
 	closed   atomic.Bool
 	node     net.Conn // the tunnel's connection to its destination
+
+	mu      sync.Mutex
+	answers [3]secondCount // answers begun, by second, for busy
+}
+
+// secondCount counts events in one whole second (Unix time).
+type secondCount struct {
+	sec int64
+	n   int
 }
 
 func (u *tunnelUse) moved(fromNode bool) {
-	u.fromNode.Store(fromNode)
-	u.last.Store(time.Now().UnixNano())
+	now := time.Now()
+	if was := u.fromNode.Swap(fromNode); fromNode && !was {
+		u.answered(now.Unix())
+	}
+	u.last.Store(now.UnixNano())
+}
+
+// answered counts an answer begun in second sec: node bytes after bytes
+// toward the node.
+func (u *tunnelUse) answered(sec int64) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	c := &u.answers[sec%int64(len(u.answers))]
+	if c.sec != sec {
+		*c = secondCount{sec: sec}
+	}
+	c.n++
+}
+
+// busy reports whether the node began at least busyAnswers answers in
+// each of the two whole seconds before sec.
+func (u *tunnelUse) busy(sec int64) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, s := range []int64{sec - 1, sec - 2} {
+		if c := u.answers[s%int64(len(u.answers))]; c.sec != s || c.n < busyAnswers {
+			return false
+		}
+	}
+	return true
 }
 
 // closeIdle stops reading from the node side, once: the copy path reads
@@ -115,22 +165,38 @@ func (s *tunnelSet) track(node net.Conn) (*tunnelUse, func()) {
 }
 
 // closeQuiet closes every tunnel whose node side sent last and that has
-// been quiet for at least quiet at now, and returns how many it closed.
-func (s *tunnelSet) closeQuiet(now time.Time, quiet time.Duration) int {
-	cutoff := now.Add(-quiet).UnixNano()
-	var idle []*tunnelUse
+// been quiet at now for at least quiet, or, if it is busy, for
+// drainLastQuiet. It returns how many it closed of each, and whether a
+// busy tunnel is left open: its next pause must be caught within
+// milliseconds.
+func (s *tunnelSet) closeQuiet(now time.Time, quiet time.Duration) (idle, busy int, busyLeft bool) {
+	type closing struct {
+		u    *tunnelUse
+		busy bool
+	}
+	var toClose []closing
 	s.mu.Lock()
 	for u := range s.all {
-		if u.fromNode.Load() && u.last.Load() <= cutoff {
-			idle = append(idle, u)
+		need := quiet
+		if u.busy(now.Unix()) {
+			need = min(quiet, drainLastQuiet)
+		}
+		switch {
+		case u.fromNode.Load() && u.last.Load() <= now.Add(-need).UnixNano():
+			toClose = append(toClose, closing{u, need < quiet})
+		case need < quiet:
+			busyLeft = true
 		}
 	}
 	s.mu.Unlock()
-	n := 0
-	for _, u := range idle { // closing is I/O: not under the lock
-		if u.closeIdle() {
-			n++
+	for _, c := range toClose { // closing is I/O: not under the lock
+		switch {
+		case !c.u.closeIdle():
+		case c.busy:
+			busy++
+		default:
+			idle++
 		}
 	}
-	return n
+	return idle, busy, busyLeft
 }

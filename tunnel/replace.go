@@ -48,6 +48,9 @@ func (a *agentConn) retire() {
 // replaceOlder retires every other session of a's node.
 func (s *Server) replaceOlder(a *agentConn) {
 	for _, old := range s.routes.takeOver(a) {
+		if old.draining.Load() { // out of routing now; its own drain ends it
+			continue
+		}
 		s.log.Info("agent session replaced by a newer one for the same node; closing it once its tunnels end",
 			"node", old.node, "tunnels", old.streams.Load(), "timeout", s.cfg.ReplacedDrainTimeout)
 		old.retire()

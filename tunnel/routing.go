@@ -177,14 +177,21 @@ func (t *routes) lookupIPLocked(ip netip.Addr) *agentConn {
 
 // newestLive returns the newest agent in list whose session has not ended:
 // a session whose Done fired is out of routing at once, before its handler
-// removes its routes.
+// removes its routes. A draining agent is taken only if no other is live.
 func newestLive(list []*agentConn) *agentConn {
+	var last *agentConn
 	for i := len(list) - 1; i >= 0; i-- {
-		if list[i].live() {
+		if !list[i].live() {
+			continue
+		}
+		if !list[i].draining.Load() {
 			return list[i]
 		}
+		if last == nil {
+			last = list[i]
+		}
 	}
-	return nil
+	return last
 }
 
 func (a *agentConn) live() bool {
@@ -197,15 +204,17 @@ func (a *agentConn) live() bool {
 }
 
 // leastLoaded picks the live agent carrying the fewest streams; on a tie
-// the newest wins.
+// the newest wins. A draining agent is taken only if no other is live.
 func leastLoaded(list []*agentConn) *agentConn {
 	var best *agentConn
 	for i := len(list) - 1; i >= 0; i-- {
-		if !list[i].live() {
+		a := list[i]
+		if !a.live() {
 			continue
 		}
-		if best == nil || list[i].streams.Load() < best.streams.Load() {
-			best = list[i]
+		if best == nil || best.draining.Load() && !a.draining.Load() ||
+			best.draining.Load() == a.draining.Load() && a.streams.Load() < best.streams.Load() {
+			best = a
 		}
 	}
 	return best

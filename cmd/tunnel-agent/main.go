@@ -66,8 +66,8 @@ func (f *agentFlags) bind(g *cli.FlagGroups) {
 	f.bindPolicy(g.Group(groupPolicy))
 	f.bindOps(g) // ops.go
 	f.log.Bind(g.Group(cli.GroupObservability))
-	g.Group(cli.GroupGeneral).DurationVar(&f.cfg.DrainTimeout, "drain-timeout", f.cfg.DrainTimeout, "on SIGTERM, how long open tunnels may go on after the server is told to route nothing new here")
-	g.Group(cli.GroupGeneral).DurationVar(&f.cfg.DrainIdle, "drain-idle", f.cfg.DrainIdle, "during a drain, close a tunnel quiet this long since the node last answered (an idle keep-alive); in the last quarter of --drain-timeout, 5ms of quiet")
+	g.Group(cli.GroupGeneral).DurationVar(&f.cfg.DrainTimeout, "drain-timeout", f.cfg.DrainTimeout, "on SIGTERM, how long open tunnels may go on after the server is told to route new dials here only when no other agent serves them")
+	g.Group(cli.GroupGeneral).DurationVar(&f.cfg.DrainIdle, "drain-idle", f.cfg.DrainIdle, "during a drain, close a tunnel quiet this long since the node last answered (an idle keep-alive); a busy keep-alive, and in the last quarter of --drain-timeout any tunnel, after 5ms of quiet")
 }
 
 // bindServer adds the flags of the connection to the server.

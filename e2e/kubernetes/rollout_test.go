@@ -55,7 +55,7 @@ type restartFigures struct {
 const restartWait = 2 * time.Minute
 
 // drainLogRE matches the agent's log lines about its drain.
-var drainLogRE = regexp.MustCompile(`(?m)msg=(?:draining|drained|"closed tunnels[^"]*"|"drain timeout[^"]*").*$`)
+var drainLogRE = regexp.MustCompile(`(?m)msg=(?:draining|drained|"closed [^"]*tunnels[^"]*"|"drain timeout[^"]*").*$`)
 
 // drain is SIGTERM to exit; linger is the exec's end to exit.
 func (f restartFigures) drain() time.Duration { return f.exited.Sub(f.sigterm) }
@@ -167,6 +167,9 @@ func (c *cluster) reportRollout(t *testing.T, figures []restartFigures, calls, f
 			execFails = append(execFails, fmt.Sprintf("restart %d: %s", i+1, f.execErr))
 		}
 		drains[i], lingers[i], registered[i] = f.drain(), f.linger(), f.registered
+	}
+	for i, f := range figures {
+		t.Logf("old agent #%d's drain: %s", i+1, f.drainLog)
 	}
 	t.Logf("kubectl exec across a restart: %d of %d failed", len(execFails), len(figures))
 	for _, s := range execFails {
