@@ -112,7 +112,7 @@ func (a *Agent) serve(ctx context.Context, s *agentSession) error {
 		if err != nil {
 			return err
 		}
-		if !streams.join() { // the drain ended with the last tunnel
+		if !streams.begin(true) { // the drain ended with the last tunnel
 			a.respond(st, dialResponse{Result: ResultError, Message: "agent drained"})
 			st.Close()
 			continue

@@ -25,23 +25,13 @@ type inflight struct {
 	idle    chan struct{} // made by drain; closed at zero
 }
 
-// begin counts new work, unless draining has begun.
-func (f *inflight) begin() bool {
+// begin counts new work, unless draining has begun or, if duringDrain (the
+// agent's dials, which a draining agent still serves), unless the drain
+// has ended.
+func (f *inflight) begin(duringDrain bool) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.closing {
-		return false
-	}
-	f.n++
-	return true
-}
-
-// join counts new work unless the drain has ended: the agent's dials,
-// which a draining agent still serves.
-func (f *inflight) join() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.done {
+	if f.done || f.closing && !duringDrain {
 		return false
 	}
 	f.n++

@@ -21,7 +21,7 @@ func (s *Server) Dial(ctx context.Context, addr string) (net.Conn, error) {
 		node string
 		err  error
 	)
-	if s.tunnels.begin() {
+	if s.tunnels.begin(false) {
 		if c, node, err = s.dial(ctx, id, addr); err != nil {
 			s.tunnels.end()
 		}
