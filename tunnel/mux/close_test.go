@@ -263,3 +263,71 @@ func TestTLSCloseAfterWriteTimeout(t *testing.T) {
 		t.Fatalf("a write timeout of 200ms and Close took %v", d)
 	}
 }
+
+// gateConn holds each Write, once gated, until the gate opens: a write in
+// flight that takes as long as the test wants.
+type gateConn struct {
+	net.Conn
+	gated   atomic.Bool
+	writing chan struct{} // receives once a gated Write is held
+	gate    chan struct{}
+}
+
+func (c *gateConn) Write(p []byte) (int, error) {
+	if c.gated.Load() {
+		c.writing <- struct{}{}
+		<-c.gate
+	}
+	return c.Conn.Write(p)
+}
+
+// TestCloseFlushesQueuedFrames closes a session while a write is in flight
+// and another stream's FIN waits behind it: the FIN is a frame the session
+// accepted, so Close writes it after the write in flight, and the peer reads
+// EOF on that stream — not the session's end. A tunnel that moves to
+// another agent (tunnel/move.go) ends its old stream with that FIN just
+// before the old agent closes its session.
+func TestCloseFlushesQueuedFrames(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	a, b := tcpPair(t)
+	gc := &gateConn{Conn: a, writing: make(chan struct{}, 1), gate: make(chan struct{})}
+	client, err := Client(gc, DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := Server(b, DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	busy, busyPeer := openAccept(t, client, server)
+	quiet, quietPeer := openAccept(t, client, server)
+	if _, err := busy.Write([]byte("x")); err != nil { // the SYNs are out
+		t.Fatal(err)
+	}
+
+	gc.gated.Store(true)
+	data := make([]byte, 64<<10)
+	go busy.Write(data)
+	<-gc.writing // the write is in flight, held
+	if err := quiet.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	go func() { client.Close(); close(closed) }()
+	time.Sleep(20 * time.Millisecond) // Close waits for the write in flight
+	gc.gated.Store(false)
+	close(gc.gate)
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return")
+	}
+
+	if n, err := io.ReadFull(busyPeer, make([]byte, 1+len(data))); err != nil {
+		t.Fatalf("the write in flight: read %d bytes: %v", n, err)
+	}
+	if n, err := quietPeer.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("the stream closed before the session: read %d, %v; want EOF", n, err)
+	}
+}

@@ -12,19 +12,20 @@ import (
 // block, and that never sets a deadline, pays nothing.
 type deadline struct {
 	mu    sync.Mutex
-	timer *time.Timer
+	timer *time.Timer   // made by the first set to a future time, then reset
+	at    time.Time     // the deadline; zero for none
 	ch    chan struct{} // nil until first needed
-	gen   uint64        // bumped by every set, so a stale timer does nothing
 }
 
-// set moves the deadline to t; the zero time removes it.
+// set moves the deadline to t; the zero time removes it. It allocates
+// nothing after the first time: the copy path moves a stream's read
+// deadline around every large read (tunnel/copy.go, largeRead).
 func (d *deadline) set(t time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.gen++
+	d.at = t
 	if d.timer != nil {
 		d.timer.Stop()
-		d.timer = nil
 	}
 	if d.ch != nil && closed(d.ch) {
 		d.ch = nil // the old deadline passed; start afresh
@@ -36,20 +37,22 @@ func (d *deadline) set(t time.Time) {
 		d.ch = make(chan struct{})
 	}
 	wait := time.Until(t)
-	if wait <= 0 {
+	switch {
+	case wait <= 0:
 		close(d.ch)
-		return
+	case d.timer == nil:
+		d.timer = time.AfterFunc(wait, d.expire)
+	default:
+		d.timer.Reset(wait)
 	}
-	gen := d.gen
-	d.timer = time.AfterFunc(wait, func() { d.expire(gen) })
 }
 
-// expire closes the channel unless the deadline moved since the timer of
-// generation gen started.
-func (d *deadline) expire(gen uint64) {
+// expire closes the channel if the deadline has passed: a timer that fires
+// for a deadline moved since does nothing.
+func (d *deadline) expire() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.gen == gen && !closed(d.ch) {
+	if !d.at.IsZero() && !time.Now().Before(d.at) && d.ch != nil && !closed(d.ch) {
 		close(d.ch)
 	}
 }

@@ -15,7 +15,9 @@
 //     one Write (write.go).
 //   - One read loop per session, which reads data straight into the stream's
 //     receive buffer and wakes only that stream's reader. Buffers are lists
-//     of pooled 16 KiB chunks, given back as soon as they drain.
+//     of pooled 16 KiB chunks, given back as soon as they drain; the loop
+//     itself waits on a 512-byte buffer and borrows a 16 KiB one only while
+//     frames stream (read.go).
 //   - Nothing a peer sends costs a goroutine or unbounded memory: pings are
 //     answered through the writer, frames that carry nothing are rate
 //     limited (Config.PingLimit, StreamLimit, EmptyFrameLimit), and a

@@ -125,3 +125,32 @@ func heapInUse() int {
 	runtime.ReadMemStats(&m)
 	return int(m.HeapAlloc)
 }
+
+// TestIdleSessionMemory: a session that has carried small frames and gone
+// idle holds no read buffer (read.go): 100 idle session pairs, each with an
+// open stream, cost the heap well under one 16 KiB buffer per session.
+func TestIdleSessionMemory(t *testing.T) {
+	const pairs = 100
+	base := heapInUse()
+	msg := make([]byte, 4<<10) // bodies shorter than the buffer go through it
+	var streams []*Stream
+	for range pairs {
+		c, s := sessions(t, transports[0], nil, nil) // net.Pipe: no kernel or TLS buffers
+		a, b := openAccept(t, c, s)
+		for range 3 { // both ways
+			for _, p := range [][2]*Stream{{a, b}, {b, a}} {
+				go p[0].Write(msg)
+				if _, err := io.ReadFull(p[1], msg); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		streams = append(streams, a, b)
+	}
+	perSession := (heapInUse() - base) / (2 * pairs)
+	t.Logf("heap per idle session with one stream: %d bytes", perSession)
+	if perSession > readBufferSize*3/4 {
+		t.Fatalf("an idle session holds %d bytes of heap: its read buffer is not given back", perSession)
+	}
+	runtime.KeepAlive(streams)
+}

@@ -1,7 +1,6 @@
 package mux
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -12,11 +11,6 @@ import (
 	"time"
 )
 
-// readBufferSize is the session's bufio.Reader over the connection. Headers
-// are read through it; data bodies at least this long go from the connection
-// straight into the stream's receive buffer.
-const readBufferSize = 16 << 10
-
 // Session multiplexes streams over one connection. Each side runs one: the
 // client opens odd stream IDs, the server even ones. A session owns one
 // goroutine, its read loop, plus at most one short-lived flusher (write.go).
@@ -26,7 +20,7 @@ type Session struct {
 	client bool
 	log    *slog.Logger
 	w      writer
-	br     *bufio.Reader
+	rd     connReader // owned by the read loop (read.go)
 
 	dead     chan struct{} // closed when the session ends; wakes every blocked call
 	readDone chan struct{} // closed when the read loop has returned
@@ -69,7 +63,7 @@ func newSession(conn net.Conn, cfg *Config, client bool) (*Session, error) {
 	}
 	s := &Session{
 		cfg: *cfg, conn: conn, client: client, log: cfg.Logger,
-		br:       bufio.NewReaderSize(conn, readBufferSize),
+		rd:       connReader{conn: conn},
 		dead:     make(chan struct{}),
 		readDone: make(chan struct{}),
 		streams:  make(map[uint32]*Stream),
@@ -242,9 +236,10 @@ func (s *Session) GoAway() error {
 
 // Close ends the session: every blocked call on it and its streams returns at
 // once with ErrSessionClosed (streams first return what they had buffered).
-// It writes a go away if the connection is free (best effort, bounded by a
-// short deadline), closes the connection and waits for the read loop to
-// return. Closing again does nothing.
+// It lets the write in flight end, writes the frames still queued (a
+// stream's FIN) and a go away — best effort, all within a short deadline —
+// closes the connection and waits for the read loop to return. Closing
+// again does nothing.
 func (s *Session) Close() error {
 	code := goAwayNormal
 	s.shutdown(ErrSessionClosed, &code)

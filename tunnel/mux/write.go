@@ -342,24 +342,44 @@ func (w *writer) extendDeadline() {
 	w.refreshAt = now.Add(w.timeout / 4)
 }
 
-// close stops all writing with err. If the connection is free and goAway is
-// set, it first writes goAway within goAwayTimeout, best effort. It reports
-// whether the connection looks stuck (a write in flight, or the go away
-// failed), in which case TLS should not try to send its own close alert.
+// close stops all writing with err. With goAway set (a local Close), it
+// first lets the write in flight end, then writes the frames still queued —
+// a stream's FIN, a window update — and goAway after them, all within
+// goAwayTimeout, best effort: what the session accepted before it closed
+// reaches the peer. It reports whether the connection looks stuck (a write
+// still in flight, or the last write failed), in which case TLS should not
+// try to send its own close alert.
 func (w *writer) close(err error, goAway *header) (stuck bool) {
+	deadline := time.Now().Add(goAwayTimeout)
 	w.mu.Lock()
 	if w.err == nil {
 		w.err = err
 	}
+	if goAway != nil && w.writing && w.inflight != nil {
+		done := w.inflight.doneChan()
+		w.mu.Unlock()
+		t := time.NewTimer(time.Until(deadline))
+		select {
+		case <-done:
+		case <-t.C:
+		}
+		t.Stop()
+		w.mu.Lock()
+	}
 	busy := w.writing
 	w.writing = true // the role is never released again
+	var queued []byte
+	if w.pending != nil { // detached: its waiters return w.err and never recycle it
+		queued = w.pending.buf
+		w.pending = nil
+	}
 	w.mu.Unlock()
 	if busy || goAway == nil {
 		return busy
 	}
-	if w.conn.SetWriteDeadline(time.Now().Add(goAwayTimeout)) != nil {
+	if w.conn.SetWriteDeadline(deadline) != nil {
 		return false // without a deadline the write could hang: skip it
 	}
-	_, werr := w.conn.Write(goAway[:])
+	_, werr := w.conn.Write(append(queued, goAway[:]...))
 	return werr != nil
 }
