@@ -30,12 +30,15 @@ vet:
 
 # In-process tests of the library, certificates and commands.
 test-unit:
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
 
 # Real processes, the real kube-apiserver egress selector client, and
-# network namespaces (the namespace test needs root and iproute2).
+# network namespaces (the namespace test needs root and iproute2). -timeout:
+# e2e/deploy builds the release binaries and image from a cold build cache
+# on a fresh machine, over go test's default 10 minutes per package on two
+# busy cores.
 test-e2e:
-	cd e2e && $(GO) test -race -count=1 ./...
+	cd e2e && $(GO) test -race -count=1 -timeout 30m ./...
 
 # The real Kubernetes control plane (e2e/kubernetes, its own module): etcd,
 # kube-apiserver and kubectl built from the pinned modules in

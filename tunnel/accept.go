@@ -25,9 +25,11 @@ import (
 //     frontends all of theirs, tunnels included (MaxFrontendConns). A
 //     connection over the cap is refused at once, before any handshake.
 //   - On the agent port a connection takes a turn at the handshake rate
-//     (AgentAcceptRate) only once its first bytes (a TLS ClientHello, an
-//     SSH version line) have arrived: connections that send nothing cost a
-//     place under the cap for firstBytesTimeout, and no turn.
+//     (AgentAcceptRate, after a burst of AgentAcceptBurst: a restarted
+//     server's fleet reconnecting) only once its first bytes (a TLS
+//     ClientHello, an SSH version line) have arrived: connections that
+//     send nothing cost a place under the cap for firstBytesTimeout, and
+//     no turn.
 //   - A connection whose turn is more than acceptQueue away is closed
 //     before TLS: it costs nothing, and a real agent tries again after its
 //     backoff. The accept loop itself never waits, so nothing queues in the
@@ -54,13 +56,14 @@ const firstBytesTimeout = 3 * time.Second
 const acceptQueue = time.Second
 
 // newAcceptLimiter returns the handshake rate limiter for perSecond
-// (ServerConfig.AgentAcceptRate), with a burst of one second's worth, or
-// nil for no bound.
-func newAcceptLimiter(perSecond float64) *rate.Limiter {
+// (ServerConfig.AgentAcceptRate) after a burst (AgentAcceptBurst), or nil
+// for no bound. It starts full: a restarted server takes its fleet back at
+// once.
+func newAcceptLimiter(perSecond float64, burst int) *rate.Limiter {
 	if perSecond <= 0 {
 		return nil
 	}
-	return rate.NewLimiter(rate.Limit(perSecond), int(max(math.Ceil(perSecond), 1)))
+	return rate.NewLimiter(rate.Limit(perSecond), max(burst, 1))
 }
 
 // awaitTurn waits until agent connection c has sent its first bytes and
@@ -204,7 +207,7 @@ func (s *Server) refuseFrontend(c net.Conn) {
 		c.Close()
 		return
 	}
-	ok := s.goConn(c, func() { // closes c if the server has closed
+	ok := s.goConn(c, nil, func(func() func()) { // closes c if the server has closed
 		defer s.refusing.leave()
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(time.Second))

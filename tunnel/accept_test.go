@@ -28,7 +28,7 @@ func TestAgentPortShedsFlood(t *testing.T) {
 		{"talking", true, acceptQueue},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			h, reg := limitHarness(t, func(c *ServerConfig) { c.AgentAcceptRate = perSecond })
+			h, reg := limitHarness(t, func(c *ServerConfig) { c.AgentAcceptRate, c.AgentAcceptBurst = perSecond, perSecond })
 			stop := make(chan struct{})
 			var wg sync.WaitGroup
 			wg.Add(1)
@@ -56,6 +56,23 @@ func TestAgentPortShedsFlood(t *testing.T) {
 			h.startAgent(h.agentConfig("node-a"))
 		})
 	}
+}
+
+// TestAgentAcceptBurst: a restarted server's burst lets a whole fleet's
+// handshakes start at once, far beyond the rate; once it is spent, the
+// rate holds again and connections whose turn is too far away are shed.
+func TestAgentAcceptBurst(t *testing.T) {
+	const burst = 40
+	h, reg := limitHarness(t, func(c *ServerConfig) { c.AgentAcceptRate, c.AgentAcceptBurst = 1, burst })
+	took, shed := handshakes(h, burst, 0)
+	t.Logf("%d handshakes at once within a burst of %d at 1/s: %d served, %d shed, max %v", burst, burst, len(took), shed, pct(took, 100))
+	if shed > 0 {
+		t.Fatalf("%d of %d handshakes within the burst were shed", shed, burst)
+	}
+	if _, shed := handshakes(h, 5, 0); shed < 3 { // one turn a second, a second of queue at most
+		t.Errorf("after the burst: %d of 5 handshakes at once shed, want at least 3 at 1/s", shed)
+	}
+	expectMetric(t, reg, ge(3), "tunnel_server_limit_rejections_total", "limit", LimitAcceptRate)
 }
 
 // handshakes starts n TLS handshakes as node-a with the agent port, one

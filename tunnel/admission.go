@@ -25,6 +25,7 @@ type agentConn struct {
 	streams      atomic.Int64    // tunnels (dialing or open), for load spreading and MaxStreamsPerAgent
 	done         <-chan struct{} // the session's Done: lookups skip a dead session at once
 	draining     atomic.Bool     // the agent sent its drain frame: a last resort (routing.go)
+	moves        bool            // the transport can move tunnels between agents (move.go)
 	retirement                   // replace.go
 
 	ctrlMu sync.Mutex // orders the server's writes on ctrl (control.go)
@@ -34,47 +35,69 @@ type agentConn struct {
 // handleAgent runs one TLS agent connection: its turn (accept.go), the
 // handshake, then runAgent, which calls registered once the agent is
 // registered or refused.
-func (s *Server) handleAgent(raw net.Conn, registered func()) {
-	defer raw.Close()
+func (s *Server) handleAgent(raw net.Conn, registered func(), keep func() (end func())) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
 	if !s.awaitTurn(ctx, raw) {
+		raw.Close()
 		return
 	}
 	remote := raw.RemoteAddr().String()
 	sess, err := acceptTLS(ctx, raw, s.agentTLS, s.sessionConfig(remote))
 	if err != nil {
+		raw.Close()
 		s.handshakeLimit(ctx)
 		s.reject(RejectHandshake)
 		s.log.Warn("agent rejected", "remote", remote, "kind", RejectHandshake, "err", err)
 		return
 	}
-	s.runAgent(ctx, sess, remote, registered)
+	s.runAgent(ctx, sess, remote, registered, keep)
 }
 
 // runAgent is the part of an agent connection common to every transport
-// (TLS + yamux here, SSH in ssh_listen.go): hello within ctx, admission,
-// registration (then it calls registered), keepalive and drain until the
-// session ends.
-func (s *Server) runAgent(ctx context.Context, sess Session, remote string, registered func()) {
-	defer sess.Close()
-	if !s.track(sess, sess.Close) {
+// (TLS + yamux here, SSH in ssh_listen.go): hello within ctx, admission and
+// registration (then it calls registered) on the connection's goroutine;
+// then keepalive and drain until the session ends, on a new goroutine that
+// keeps the connection (goConn's keep). The handshake grew the first
+// goroutine's stack to 8 KiB or more, and a registered agent waits for
+// hours: a fresh goroutine waits on a 2 KiB stack.
+func (s *Server) runAgent(ctx context.Context, sess Session, remote string, registered func(), keep func() (end func())) {
+	a, ctrl, ok := s.register(ctx, sess, remote, registered)
+	if !ok {
 		return
 	}
-	defer s.untrack(sess)
+	end := keep()
+	go func() {
+		defer end()
+		s.serveAgent(sess, a, ctrl, remote)
+	}()
+}
+
+// register reads the hello within ctx, admits the agent and registers it.
+// If it fails it has said why to the agent and closed sess.
+func (s *Server) register(ctx context.Context, sess Session, remote string, registered func()) (a *agentConn, ctrl net.Conn, ok bool) {
+	if !s.track(sess, sess.Close) { // the server has closed, and so has sess
+		return nil, nil, false
+	}
+	defer func() {
+		if !ok {
+			s.untrack(sess)
+			sess.Close()
+		}
+	}()
 	ctrl, hello, err := readHello(ctx, sess)
 	if err != nil {
 		s.handshakeLimit(ctx)
 		s.reject(RejectHello)
 		s.log.Warn("agent rejected", "remote", remote, "subject", sess.Peer().Subject, "kind", RejectHello, "err", err)
-		return
+		return nil, nil, false
 	}
-	a, err := s.admit(sess, hello)
+	a, err = s.admit(sess, hello)
 	if err == nil && slices.Contains(hello.Held, s.cfg.ID) { // ha.go
 		s.metrics.redundant.Inc()
 		s.log.Debug("agent already holds a session to this replica", "remote", remote, "node", a.node)
 		s.refuse(ctrl, HelloReply{Error: "agent already holds a session to server " + s.cfg.ID, Held: true})
-		return
+		return nil, nil, false
 	}
 	if err == nil && !s.sessions.enter() {
 		s.limited(LimitAgents)
@@ -85,9 +108,8 @@ func (s *Server) runAgent(ctx context.Context, sess Session, remote string, regi
 		s.reject(reason)
 		s.log.Warn("agent rejected", "remote", remote, "node", hello.Node, "kind", reason, "err", err)
 		s.refuse(ctrl, HelloReply{Error: err.Error()})
-		return
+		return nil, nil, false
 	}
-	defer s.sessions.leave()
 	ips, cidrs, def := a.ips, a.cidrs, a.defaultRoute // a node change may rebind a once routed (nodes.go)
 	// Routes first, so that an agent told it is registered is routable.
 	s.routes.add(a)
@@ -96,31 +118,37 @@ func (s *Server) runAgent(ctx context.Context, sess Session, remote string, regi
 	}
 	if err := s.welcome(a, ctrl); err != nil { // control.go
 		s.routes.remove(a)
+		s.sessions.leave()
 		s.reject(RejectHello)
 		s.log.Warn("agent lost during hello", "remote", remote, "node", a.node, "err", err)
-		return
+		return nil, nil, false
 	}
 	s.metrics.registrations.Inc()
 	registered()
 	s.log.Info("agent registered", "node", a.node, "remote", remote, "ips", ips, "podCIDRs", cidrs, "defaultRoute", def)
+	return a, ctrl, true
+}
+
+// serveAgent runs registered agent a until its session ends: keepalive,
+// adoptions of moved tunnels, and the control stream; then it closes the
+// session and gives its place back.
+func (s *Server) serveAgent(sess Session, a *agentConn, ctrl net.Conn, remote string) {
+	defer sess.Close()
+	defer s.untrack(sess)
+	defer s.sessions.leave()
 	s.replaceOlder(a) // replace.go
-	done := make(chan struct{}, 2)
-	go func() {
-		defer func() { done <- struct{}{} }()
-		keepalive(sess, s.cfg.KeepaliveInterval, s.cfg.KeepaliveTimeout, s.metrics.keepaliveRTT, s.log.With("node", a.node, "remote", remote))
-	}()
-	go func() {
-		defer func() { done <- struct{}{} }()
-		s.watchDrain(ctrl, a)
-	}()
-	select {
-	case <-sess.Done():
-	case <-a.replacedCh():
-		s.drainReplaced(a) // replace.go; closes the session
+	stopKeepalive := startKeepalive(sess, s.cfg.KeepaliveInterval, s.cfg.KeepaliveTimeout, s.metrics.keepaliveRTT, s.log.With("node", a.node, "remote", remote))
+	adopts := make(chan struct{})
+	if a.moves {
+		go func() { defer close(adopts); s.acceptAdopts(a) }() // move.go
+	} else {
+		close(adopts)
 	}
+	s.watchDrain(ctrl, a) // drain.go; returns when the control stream ends
+	<-sess.Done()         // a replaced session ends once its tunnels have (replace.go)
 	s.routes.remove(a)
-	<-done
-	<-done
+	<-adopts
+	stopKeepalive()
 	s.log.Info("agent disconnected", "node", a.node, "remote", remote)
 }
 
@@ -169,7 +197,8 @@ func (s *Server) admit(sess Session, h Hello) (*agentConn, error) {
 	case !peer.provesNode(node):
 		return nil, rejection(RejectIdentity, "certificate %q does not prove node name %q (want CN=system:node:%s or a DNS SAN %s)", peer.Subject, h.Node, node, node)
 	}
-	a := &agentConn{node: node, version: version, sess: sess, done: sess.Done(), defaultRoute: h.DefaultRoute}
+	_, moves := sess.(*muxSession)
+	a := &agentConn{node: node, version: version, sess: sess, done: sess.Done(), defaultRoute: h.DefaultRoute, moves: moves}
 	if s.cfg.Nodes != nil {
 		return s.admitNode(a, h) // nodes.go: routes from the node source
 	}

@@ -78,6 +78,12 @@ type AgentConfig struct {
 	// since its node side last sent for the drain to close it as an idle
 	// keep-alive (quiet.go). Default 3s.
 	DrainIdle time.Duration
+	// HandoffSocket, if set, is the path of a unix socket on the node
+	// through which a draining agent hands its open tunnels to the agent
+	// started after it (handoff.go, move.go): a rollout then cuts no
+	// connection. Its directory must be writable by the agent's user
+	// only, and shared by the old and the new agent.
+	HandoffSocket string
 	// Dial, if set, replaces net.Dialer for reaching destinations (a
 	// special network, or a test that must see which agent dialed).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -168,12 +174,14 @@ type Agent struct {
 	wg      sync.WaitGroup // sessions and their stream handlers
 
 	sessionEnd atomic.Int32 // how the last session ended: endStable, endEarly, or 0 once Run has seen it
+	succ       successor    // the agent after this one, while draining (handoff.go)
 
-	mu      sync.Mutex
-	held    map[string]int    // replica ID → the replica count it reports, for each replica held
-	addrs   map[string]string // replica ID → the address it advertised (ha.go)
-	want    int               // the highest count the replicas held report, at least 1
-	changed chan struct{}     // closed and replaced when held or want changes
+	mu       sync.Mutex
+	held     map[string]int           // replica ID → the replica count it reports, for each replica held
+	sessions map[string]*agentSession // replica ID → the session serving it
+	addrs    map[string]string        // replica ID → the address it advertised (ha.go)
+	want     int                      // the highest count the replicas held report, at least 1
+	changed  chan struct{}            // closed and replaced when held or want changes
 }
 
 // NewAgent validates cfg and returns an Agent ready to Run.
@@ -193,7 +201,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: logger(cfg.Logger), tls: t,
 		session: agentSessionConfig(cfg.KeepaliveTimeout, logger(cfg.Logger)),
 		policy:  newDestPolicy(cfg.NodeIPs, cfg.PodCIDRs, cfg.AllowCIDRs, cfg.AllowPorts),
-		held:    make(map[string]int), addrs: make(map[string]string), want: 1, changed: make(chan struct{})}
+		held:    make(map[string]int), sessions: make(map[string]*agentSession), addrs: make(map[string]string), want: 1, changed: make(chan struct{})}
 	a.metrics = newAgentMetrics(func() (held, want int) {
 		a.mu.Lock()
 		defer a.mu.Unlock()
@@ -232,7 +240,11 @@ func (a *Agent) Servers() (held, want int) {
 // some (it still serves, and a fleet looking for a replica must not storm
 // the others).
 func (a *Agent) Run(ctx context.Context) error {
+	defer a.succ.close() // after the drains' handoffs: deferred first, runs last
 	defer a.wg.Wait()
+	if a.cfg.HandoffSocket != "" {
+		a.listenHandoff(ctx)
+	}
 	backoff := a.cfg.MinBackoff
 	for first := true; ; first = false {
 		if !a.waitForGap(ctx) {

@@ -8,8 +8,16 @@ import (
 )
 
 // serveStream answers one dial request and then carries its bytes, as one
-// of open's tunnels.
-func (a *Agent) serveStream(ctx context.Context, st net.Conn, open *tunnelSet) {
+// of open's tunnels. It calls end once the stream is done with: at once
+// after a failed dial, or when the tunnel has ended, which may be long
+// after serveStream has returned (carry).
+func (a *Agent) serveStream(ctx context.Context, s *agentSession, st net.Conn, end func()) {
+	carried := false
+	defer func() {
+		if !carried {
+			end()
+		}
+	}()
 	st.SetReadDeadline(time.Now().Add(a.cfg.HandshakeTimeout))
 	payload, err := readFrame(st, frameDialRequest)
 	if err != nil {
@@ -46,11 +54,34 @@ func (a *Agent) serveStream(ctx context.Context, st net.Conn, open *tunnelSet) {
 		st.Close()
 		return
 	}
+	carried = true
+	a.carry(s, st, target, req.ID, req.Address, end)
+}
+
+// carry carries an open tunnel, dial id to addr, as one of s's tunnels,
+// and hands it to the agent's successor if it moves (move.go). It returns
+// at once (startPipe) and calls done when the tunnel has ended.
+func (a *Agent) carry(s *agentSession, st, target net.Conn, id uint64, addr string, done func()) {
 	a.metrics.streamsOpen.Inc()
-	defer a.metrics.streamsOpen.Dec()
-	use, untrack := open.track(target)
-	defer untrack()
-	pipe(st, target, useCounter{a.metrics.toNode, use, false}, useCounter{a.metrics.fromNode, use, true})
+	var m *mover
+	if _, ok := target.(*net.TCPConn); ok && s.moves && a.cfg.HandoffSocket != "" {
+		m = newMover(target, st, true)
+	}
+	use, untrack := s.open.track(target, m, id, addr)
+	startPipe(st, target, useCounter{a.metrics.toNode, use, false}, useCounter{a.metrics.fromNode, use, true}, m, func(moved bool) {
+		if m != nil {
+			close(m.done)
+		}
+		switch {
+		case moved:
+			a.handOff(s, use, target) // handoff.go
+		case m != nil && m.state.Load() == moveStopping:
+			a.log.Info("tunnel ended while it moved", "dial", id, "dest", addr)
+		}
+		untrack()
+		a.metrics.streamsOpen.Dec()
+		done()
+	})
 }
 
 // errServerGaveUp cancels a dial whose server stopped waiting for it.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -12,9 +13,23 @@ import (
 type agentSession struct {
 	sess    Session
 	ctrl    net.Conn
+	ctrlMu  sync.Mutex             // orders the agent's writes on ctrl
 	id      string                 // the replica's server ID
 	addr    string                 // where the agent reached it
+	moves   bool                   // the server takes tunnels handed between agents (move.go)
 	goodbye atomic.Pointer[string] // why the server said it ends the session, if it did
+	streams inflight               // dials and tunnels in progress
+	open    tunnelSet              // open tunnels
+}
+
+// tell writes a frame on s's control stream.
+func (s *agentSession) tell(frame []byte, timeout time.Duration) error {
+	s.ctrlMu.Lock()
+	defer s.ctrlMu.Unlock()
+	s.ctrl.SetWriteDeadline(time.Now().Add(timeout))
+	defer s.ctrl.SetWriteDeadline(time.Time{})
+	_, err := s.ctrl.Write(frame)
+	return err
 }
 
 // connect dials addr and registers, naming the replicas the agent already
@@ -48,7 +63,7 @@ func (a *Agent) connect(ctx context.Context, addr string) (*agentSession, error)
 	if a.cfg.OnRegistered != nil {
 		a.cfg.OnRegistered()
 	}
-	return &agentSession{sess: sess, ctrl: ctrl, id: reply.ServerID, addr: addr}, nil
+	return &agentSession{sess: sess, ctrl: ctrl, id: reply.ServerID, addr: addr, moves: reply.Moves}, nil
 }
 
 // dialSession connects to the server over the configured transport.
@@ -88,23 +103,20 @@ func (a *Agent) runSession(ctx context.Context, s *agentSession) {
 // session alive and, when ctx ends, drains it.
 func (a *Agent) serve(ctx context.Context, s *agentSession) error {
 	sess := s.sess
-	var streams inflight
-	var open tunnelSet
+	a.update(func() { a.sessions[s.id] = s })
+	defer a.update(func() { delete(a.sessions, s.id) })
 	drained := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() { defer close(drained); a.drain(sess, s.ctrl, &streams, &open) })
+	stop := context.AfterFunc(ctx, func() { defer close(drained); a.drain(s) })
 	defer func() {
 		if !stop() { // the drain started: it ends with the session, closed below
 			<-drained
 		}
 	}()
-	done := make(chan struct{}, 2)
-	defer func() { sess.Close(); <-done; <-done }()
+	stopKeepalive := startKeepalive(sess, a.cfg.KeepaliveInterval, a.cfg.KeepaliveTimeout, a.metrics.keepaliveRTT, a.log.With("server", s.addr, "server_id", s.id))
+	control := make(chan struct{})
+	defer func() { sess.Close(); <-control; stopKeepalive() }()
 	go func() {
-		defer func() { done <- struct{}{} }()
-		keepalive(sess, a.cfg.KeepaliveInterval, a.cfg.KeepaliveTimeout, a.metrics.keepaliveRTT, a.log.With("server", s.addr, "server_id", s.id))
-	}()
-	go func() {
-		defer func() { done <- struct{}{} }()
+		defer close(control)
 		a.followControl(s)
 	}()
 	for {
@@ -112,19 +124,18 @@ func (a *Agent) serve(ctx context.Context, s *agentSession) error {
 		if err != nil {
 			return err
 		}
-		if !streams.begin(true) { // the drain ended with the last tunnel
+		if !s.streams.begin(true) { // the drain ended with the last tunnel
 			a.respond(st, dialResponse{Result: ResultError, Message: "agent drained"})
 			st.Close()
 			continue
 		}
 		a.wg.Add(1)
-		go func() {
-			defer a.wg.Done()
-			defer streams.end()
-			// A draining agent still dials: its context has ended, but the
-			// dial's own timeout and the server's hang-up bound it.
-			a.serveStream(context.WithoutCancel(ctx), st, &open)
-		}()
+		// A draining agent still dials: its context has ended, but the
+		// dial's own timeout and the server's hang-up bound it.
+		go a.serveStream(context.WithoutCancel(ctx), s, st, func() {
+			s.streams.end()
+			a.wg.Done()
+		})
 	}
 }
 

@@ -19,7 +19,7 @@ func (s *Server) welcome(a *agentConn, ctrl net.Conn) error {
 	ctrl.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	defer ctrl.SetDeadline(time.Time{})
 	err := encodeJSONFrame(ctrl, frameHelloReply, HelloReply{Version: a.version, ServerID: s.cfg.ID,
-		ServerCount: s.replicaCount(), Address: s.cfg.AdvertiseAddress, Peers: s.peers()})
+		ServerCount: s.replicaCount(), Address: s.cfg.AdvertiseAddress, Peers: s.peers(), Moves: a.moves})
 	if err == nil {
 		a.ctrl = ctrl
 	}

@@ -6,12 +6,13 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/tunnel-project/tunnel/tunnel/mux"
 )
 
 // The copy path (DESIGN.md section 5) lives in this file and nowhere else:
-// every tunneled byte on the server and on the agent passes through pipe.
+// every tunneled byte on the server and on the agent passes through startPipe.
 //
 // An idle tunnel must not pin buffers: with 10,000 tunnels open, 64 KiB per
 // direction would be over a GiB. So each direction first waits, holding no
@@ -51,34 +52,65 @@ type counter interface {
 	Add(float64)
 }
 
-// pipe copies a→b and b→a until both directions have ended, then closes
-// both. A direction that reaches EOF half-closes its destination, so the
-// other direction keeps flowing to its own end; a direction that fails
-// closes both connections, which ends the other direction too. The counters
-// see the bytes of each direction as they move.
+// startPipe copies a→b and b→a until both directions have ended, then
+// closes both and calls done(false), on the goroutine that ended the last
+// direction; it returns at once. A direction that reaches EOF half-closes
+// its destination, so the other direction keeps flowing to its own end; a
+// direction that fails closes both connections, which ends the other
+// direction too. The counters see the bytes of each direction as they
+// move.
 //
-// One direction runs on the calling goroutine, the other on a goroutine of
-// its own — or, for a direction from a session stream to a socket, on none
-// while the tunnel is idle: it parks (see "The fast lane" below).
-func pipe(a, b net.Conn, aToBCount, bToACount counter) (aToB, bToA int64) {
-	ab, ba := newHalf(b, a, aToBCount), newHalf(a, b, bToACount)
-	away, here := ab, ba
-	if ba.st != nil && ab.st == nil {
-		away, here = ba, ab
+// A tunnel with a mover (move.go) can instead stop without losing a byte
+// and without closing its socket: done then gets true, and only the stream
+// is closed.
+//
+// No goroutine waits for the tunnel as a whole. A direction from a
+// session stream holds none while it waits: it parks (see "The fast lane"
+// below). A direction from a socket that stays quiet for parkAfter moves
+// its wait to a new goroutine (await), whose stack stays at the runtime's
+// smallest, 2 KiB; the goroutine that copied had grown to 8 KiB writing
+// through TLS and, waiting deep in the copy path, would never shrink back.
+// An idle tunnel so costs 2 KiB of stack per end instead of 8
+// (docs/benchmarks.md). A direction that can do neither — from a TLS
+// connection — blocks in Read on its goroutine.
+func startPipe(a, b net.Conn, aToBCount, bToACount counter, m *mover, done func(moved bool)) {
+	t := &tunnelRun{a: a, b: b, m: m, done: done}
+	t.left.Store(2)
+	t.ab, t.ba = newHalf(b, a, aToBCount, t), newHalf(a, b, bToACount, t)
+	go t.ab.copy(false)
+	go t.ba.copy(false)
+}
+
+// tunnelRun is one run of startPipe.
+type tunnelRun struct {
+	a, b   net.Conn
+	ab, ba *half
+	m      *mover       // or nil
+	left   atomic.Int32 // directions still running
+	done   func(moved bool)
+}
+
+// halfEnded is called by each direction once it has ended; the last one
+// finishes the tunnel.
+func (t *tunnelRun) halfEnded() {
+	if t.left.Add(-1) > 0 {
+		return
 	}
-	away.done = make(chan struct{})
-	go away.copy(away.st != nil)
-	here.copy(false)
-	<-away.done
-	a.Close()
-	b.Close()
-	return ab.moved.Load(), ba.moved.Load()
+	if t.ab.paused && t.ba.paused {
+		t.m.sock.SetReadDeadline(time.Time{})
+		t.m.stream().Close()
+		t.done(true)
+		return
+	}
+	t.a.Close()
+	t.b.Close()
+	t.done(false)
 }
 
 // copyHalf copies src to dst until EOF or an error, then half-closes dst
 // (on EOF) or aborts both (on error), and returns the bytes it moved.
 func copyHalf(dst, src net.Conn, count counter) int64 {
-	h := newHalf(dst, src, count)
+	h := newHalf(dst, src, count, nil)
 	h.copy(false)
 	return h.moved.Load()
 }
@@ -87,32 +119,49 @@ func copyHalf(dst, src net.Conn, count counter) int64 {
 type half struct {
 	dst, src net.Conn
 	count    counter
-	st       *mux.Stream   // src, when it is a session stream with a sink into dst
-	moved    atomic.Int64  // bytes moved, by the copier and by the sink
-	done     chan struct{} // closed once done, if not nil
+	st       *mux.Stream  // src, when it is a session stream
+	moved    atomic.Int64 // bytes moved, by the copier and by the sink
+	t        *tunnelRun   // the tunnel, or nil for copyHalf
+	paused   bool         // the half stopped for a move (set before halfEnded)
 }
 
-func newHalf(dst, src net.Conn, count counter) *half {
-	h := &half{dst: dst, src: src, count: count}
-	if st := sessionStream(src); st != nil {
+func newHalf(dst, src net.Conn, count counter, t *tunnelRun) *half {
+	h := &half{dst: dst, src: src, count: count, t: t}
+	if h.st = sessionStream(src); h.st != nil {
 		if sink := socketSink(dst, count, &h.moved); sink != nil {
-			h.st = st
-			st.SetSink(sink)
+			h.st.SetSink(sink)
 		}
 	}
 	return h
 }
 
-// copy runs the half until it ends, or, if it may park, until src has
-// nothing to read: then it parks the stream and returns, and the stream's
-// wake-up calls copy again on a new goroutine. Between one copy and the
-// next, the stream's lock orders every access to h.
-func (h *half) copy(mayPark bool) {
-	pause := waitPause(readWaiter(h.src))
-	if mayPark {
+// copy runs the half until it ends or, in a tunnel, until src has nothing
+// to read: then it parks the stream, or starts a goroutine that waits for
+// the socket (await), and returns; the wake-up calls copy again on a new
+// goroutine, with ready set if src need not be waited for first. Between
+// one copy and the next, the stream's lock or the go statement orders
+// every access to h.
+func (h *half) copy(ready bool) {
+	wait := readWaiter(h.src)
+	pause := waitPause(wait)
+	switch {
+	case h.t == nil: // copyHalf: waits on its own goroutine
+	case h.st != nil:
 		pause = func() (bool, error) { return h.st.Park(h.resume), nil }
+	case wait != nil:
+		pause = func() (bool, error) {
+			if ready {
+				ready = false
+				return false, nil
+			}
+			return h.waitOrPark(wait)
+		}
 	}
-	n, parked, err := copyAdaptive(h.dst, h.src, h.count, pause)
+	var largeRead func([]byte) (int, error)
+	if h.t != nil && (h.st != nil || wait != nil) { // deadlines that leave the source usable
+		largeRead = h.largeRead
+	}
+	n, parked, err := copyAdaptive(h.dst, h.src, h.count, pause, largeRead)
 	h.moved.Add(n) // atomic: once parked, the next copy may already run
 	if parked {
 		return
@@ -120,7 +169,9 @@ func (h *half) copy(mayPark bool) {
 	if h.st != nil {
 		h.st.SetSink(nil)
 	}
-	if err != nil {
+	if h.paused = h.mover().pausing(h.src, err); h.paused {
+		// Nothing is closed: the move carries on (move.go).
+	} else if err != nil {
 		abort(h.src)
 		abort(h.dst)
 	} else if cw, ok := h.dst.(closeWriter); ok {
@@ -128,13 +179,75 @@ func (h *half) copy(mayPark bool) {
 	} else {
 		h.dst.Close()
 	}
-	if h.done != nil {
-		close(h.done)
+	if h.t != nil {
+		h.t.halfEnded()
 	}
+}
+
+// mover returns the tunnel's mover, or nil.
+func (h *half) mover() *mover {
+	if h.t == nil {
+		return nil
+	}
+	return h.t.m
 }
 
 // resume is the parked half's wake-up: the stream has something to read.
 func (h *half) resume() { go h.copy(true) }
+
+// parkAfter is how long a direction from a socket waits on the goroutine
+// that copied before it hands the wait to a fresh one (await). Not at once:
+// the hand-off costs a goroutine and, when data comes, growing the new
+// stack again, about 30 µs a message in a ping-pong (measured: the round
+// trip went from 1.04× to 1.39× the probe's). A busy tunnel so keeps its
+// goroutine, and a quiet one gives up the large stack within parkAfter.
+const parkAfter = 50 * time.Millisecond
+
+// waitOrPark is the pause of a direction from a socket: it waits for the
+// socket up to parkAfter, then hands the wait to await and reports parked.
+// It waits with the socket's read deadline, which a move sets too
+// (mover.pause); while a move is under way, the move's deadline stands.
+func (h *half) waitOrPark(wait func() error) (bool, error) {
+	if !h.mover().idleDeadline(h.src, time.Now().Add(parkAfter)) {
+		return false, wait()
+	}
+	err := wait()
+	if !h.mover().idleDeadline(h.src, time.Time{}) {
+		return false, err // a move began: the next Read stops for it
+	}
+	if isTimeout(err) {
+		go h.await(wait)
+		return true, nil
+	}
+	return false, err
+}
+
+// largeRead is copyAdaptive's read into a large buffer in a tunnel: it
+// reads within parkAfter, and returns 0 and no error, quiet, if nothing
+// came by then. On a socket, a move's read deadline stands as in
+// waitOrPark; a stream's deadline is the copy path's alone.
+func (h *half) largeRead(buf []byte) (int, error) {
+	m := h.mover()
+	if h.st != nil {
+		m = nil
+	}
+	if !m.idleDeadline(h.src, time.Now().Add(parkAfter)) {
+		return h.src.Read(buf)
+	}
+	n, err := h.src.Read(buf)
+	if m.idleDeadline(h.src, time.Time{}) && n == 0 && isTimeout(err) {
+		return 0, nil
+	}
+	return n, err
+}
+
+// await waits, on a goroutine of its own, until the socket h reads has
+// something to read (or has ended, failed or passed its read deadline,
+// which the next Read reports), and then copies on.
+func (h *half) await(wait func() error) {
+	wait()
+	h.copy(true)
+}
 
 // waitPause turns a read waiter into copyAdaptive's pause, which never
 // parks; nil stays nil.
@@ -149,10 +262,13 @@ func waitPause(wait func() error) func() (bool, error) {
 // top of this file, until EOF (err nil), an error, or a pause that parks
 // (parked true). When src goes quiet, it lets go of its buffer and calls
 // pause, which waits until src has data (or fails) or reports that it
-// parked; a nil pause keeps the buffer and reads on. Unlike io.Copy it
-// never takes a ReaderFrom/WriterTo detour, which would allocate a buffer
-// of its own for the stream types used here.
-func copyAdaptive(dst io.Writer, src io.Reader, count counter, pause func() (bool, error)) (n int64, parked bool, err error) {
+// parked; a nil pause keeps the buffer and reads on. largeRead, if not
+// nil, reads into the large buffer instead of src.Read, and returns 0 and
+// no error when src stayed quiet for parkAfter: the large buffer then goes
+// back too, where it would otherwise wait for the next burst in a blocked
+// Read. Unlike io.Copy it never takes a ReaderFrom/WriterTo detour, which
+// would allocate a buffer of its own for the stream types used here.
+func copyAdaptive(dst io.Writer, src io.Reader, count counter, pause func() (bool, error), largeRead func([]byte) (int, error)) (n int64, parked bool, err error) {
 	shrink, _ := src.(shrinker)
 	var bp *[]byte // the buffer in hand; nil while waiting
 	large := false
@@ -172,7 +288,11 @@ func copyAdaptive(dst io.Writer, src io.Reader, count counter, pause func() (boo
 			bp = smallBufs.Get().(*[]byte)
 		}
 		buf := *bp
-		nr, rerr := src.Read(buf)
+		read := src.Read
+		if large && largeRead != nil {
+			read = largeRead
+		}
+		nr, rerr := read(buf)
 		if nr > 0 {
 			nw, werr := dst.Write(buf[:nr])
 			n += int64(nw)
@@ -218,9 +338,9 @@ func copyAdaptive(dst io.Writer, src io.Reader, count counter, pause func() (boo
 // The copying goroutine need not even exist while it would only wait: the
 // direction parks the stream (mux.Stream.Park) and ends its goroutine, and
 // the stream starts a new one when the socket could not take everything,
-// or at EOF, a reset or the session's end. An idle tunnel so holds one
-// goroutine per end, not two: most of an idle tunnel's memory is goroutine
-// stacks.
+// or at EOF, a reset or the session's end. With the other direction's
+// socket waited for on a fresh goroutine (startPipe), an idle tunnel holds
+// one goroutine per end, on the smallest stack.
 
 // sessionStream returns the session stream c reads from, or nil.
 func sessionStream(c net.Conn) *mux.Stream {

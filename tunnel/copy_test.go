@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -63,7 +64,7 @@ func TestCopyAdaptive(t *testing.T) {
 	src := &scriptedReader{data: data, reads: reads}
 	var dst bytes.Buffer
 	var count byteCount
-	n, _, err := copyAdaptive(&dst, src, &count, nil)
+	n, _, err := copyAdaptive(&dst, src, &count, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +101,7 @@ func BenchmarkPipe(b *testing.B) {
 	}
 	client, in := dial()
 	out, sink := dial()
-	go pipe(in, out, nil, nil)
+	startPipe(in, out, nil, nil, nil, func(bool) {})
 	done := make(chan int64)
 	go func() { n, _ := io.Copy(io.Discard, sink); done <- n }()
 
@@ -216,10 +217,10 @@ func (wrappedEOF) Read([]byte) (int, error) { return 0, fmt.Errorf("connection l
 // half-closes; a wrapped one aborts both directions, so a tunnel whose agent
 // died is not left half-open behind a client that keeps its side open.
 func TestCopyWrappedEOFIsAFailure(t *testing.T) {
-	if _, _, err := copyAdaptive(io.Discard, wrappedEOF{}, nil, nil); err == nil {
+	if _, _, err := copyAdaptive(io.Discard, wrappedEOF{}, nil, nil, nil); err == nil {
 		t.Fatal("a wrapped io.EOF ended the copy cleanly")
 	}
-	if _, _, err := copyAdaptive(io.Discard, strings.NewReader("x"), nil, nil); err != nil {
+	if _, _, err := copyAdaptive(io.Discard, strings.NewReader("x"), nil, nil, nil); err != nil {
 		t.Fatalf("io.EOF: %v", err)
 	}
 }
@@ -324,4 +325,40 @@ func TestFastLaneUnderBackpressure(t *testing.T) {
 	if n != int64(sent.Len()) || count.n.Load() != n {
 		t.Fatalf("copyHalf reported %d bytes and counted %d; %d were sent", n, count.n.Load(), sent.Len())
 	}
+}
+
+// TestIdleTunnelsWaitOnFreshGoroutines holds tunnels idle past parkAfter,
+// after bursts large enough to take the large buffers, and reads every
+// goroutine's stack: each end of each tunnel must wait for its socket on a
+// goroutine await started, which never copied and so has the smallest
+// stack, and no goroutine may still wait inside the copy loop, on the stack
+// that grew while it wrote through TLS or holding a large buffer
+// (startPipe, largeRead).
+func TestIdleTunnelsWaitOnFreshGoroutines(t *testing.T) {
+	h := newHarness(t, nil)
+	h.startAgent(h.agentConfig("node-a"))
+	echo := startEcho(t, "127.0.0.1:0")
+	const n = 20
+	for range n {
+		c := h.mustConnect(echo)
+		defer c.Close()
+		if err := echoCheck(c, 64<<10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var awaiting, copying int
+	waitFor(t, "every idle end to wait on a fresh goroutine", func() bool {
+		awaiting, copying = 0, 0
+		buf := make([]byte, 1<<22)
+		for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+			switch {
+			case strings.Contains(g, "tunnel.copyAdaptive("):
+				copying++
+			case strings.Contains(g, "tunnel.(*half).await("):
+				awaiting++
+			}
+		}
+		return awaiting == 2*n && copying == 0
+	})
+	t.Logf("%d tunnels idle: %d ends waiting on fresh goroutines, %d goroutines in the copy loop", n, awaiting, copying)
 }

@@ -63,6 +63,9 @@
 //	copy.go              the copy path every tunneled byte takes
 //	drain.go             draining: the server's Shutdown, the agent's drain frame
 //	quiet.go             the agent's drain closes idle keep-alive tunnels
+//	move.go              moving an open tunnel from a draining agent to its successor
+//	handoff.go           the handoff socket between the two agents on a node
+//	handoff_linux.go     its peer check (SO_PEERCRED); handoff_other.go elsewhere
 //	watch.go             both ends watch a slow dial for the other side giving up
 //
 // The SSH transport and the SSH fallback:

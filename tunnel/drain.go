@@ -80,32 +80,46 @@ func (f *inflight) count() int {
 // tunnels up to DrainTimeout and closes the session. It ends at the latest
 // when the session does, and serve waits for it.
 //
-// Waiting is not all it does: kube-apiserver keeps idle keep-alive
-// connections open for minutes, and a drain that waited for them would
-// always last the whole DrainTimeout. So while it waits, the drain closes
-// each tunnel that looks like a keep-alive between requests (quiet.go).
-func (a *Agent) drain(sess Session, ctrl net.Conn, streams *inflight, open *tunnelSet) {
-	ctrl.SetWriteDeadline(time.Now().Add(a.cfg.HandshakeTimeout))
-	if err := writeFrame(ctrl, frameDrain, nil); err != nil {
+// Waiting is not all it does. As soon as a successor on the node takes
+// them (HandoffSocket), it hands its tunnels over (move.go), so that
+// nothing is cut. And kube-apiserver keeps idle keep-alive connections
+// open for minutes, so a drain that only waited would always last the
+// whole DrainTimeout: a tunnel that cannot move and looks like a
+// keep-alive between requests is closed (quiet.go).
+func (a *Agent) drain(s *agentSession) {
+	if err := s.tell([]byte{frameDrain, 0, 0}, a.cfg.HandshakeTimeout); err != nil {
 		a.log.Warn("could not tell the server this agent is draining", "err", err)
 	}
-	idle := streams.drain()
-	a.log.Info("draining", "tunnels", streams.count(), "timeout", a.cfg.DrainTimeout, "idle_after", a.cfg.DrainIdle)
+	idle := s.streams.drain()
+	a.log.Info("draining", "tunnels", s.streams.count(), "timeout", a.cfg.DrainTimeout, "idle_after", a.cfg.DrainIdle)
 	start := time.Now()
 	deadline := time.NewTimer(a.cfg.DrainTimeout)
 	defer deadline.Stop()
 	check := time.NewTimer(0)
 	defer check.Stop()
+	var lastMove time.Time
 	for {
 		select {
 		case <-idle:
 			a.log.Info("drained", "took", time.Since(start).Round(time.Millisecond))
 		case <-deadline.C:
-			a.log.Warn("drain timeout passed; closing the tunnels still open", "tunnels", streams.count())
-		case <-sess.Done():
+			a.log.Warn("drain timeout passed; closing the tunnels still open", "tunnels", s.streams.count())
+			s.open.closeAll() // closing the session alone leaves a tunnel whose node side is still open
+		case <-s.sess.Done():
 		case now := <-check.C:
+			handOff := a.cfg.HandoffSocket != "" && s.moves
+			if handOff && now.Sub(lastMove) >= moveEvery {
+				lastMove = now
+				if n := a.moveTunnels(s); n > 0 {
+					a.log.Info("handing tunnels to the successor", "tunnels", n)
+				}
+			}
 			quiet, every := drainQuiet(a.cfg.DrainIdle, a.cfg.DrainTimeout, now.Sub(start))
-			idle, busy, busyLeft := open.closeQuiet(now, quiet)
+			var idle, busy int
+			var busyLeft bool
+			if !handOff || now.Sub(start) >= a.cfg.DrainIdle { // first, a successor's chance to take them
+				idle, busy, busyLeft = s.open.closeQuiet(now, quiet)
+			}
 			if idle > 0 {
 				a.log.Info("closed tunnels idle between requests", "tunnels", idle, "quiet_for", quiet)
 			}
@@ -115,10 +129,13 @@ func (a *Agent) drain(sess Session, ctrl net.Conn, streams *inflight, open *tunn
 			if busyLeft {
 				every = drainLastQuiet / 5
 			}
+			if handOff {
+				every = min(every, moveEvery)
+			}
 			check.Reset(every)
 			continue
 		}
-		sess.Close()
+		s.sess.Close()
 		return
 	}
 }
@@ -130,13 +147,18 @@ func (a *Agent) drain(sess Session, ctrl net.Conn, streams *inflight, open *tunn
 // replacement's registration.
 func (s *Server) watchDrain(ctrl net.Conn, a *agentConn) {
 	for {
-		typ, _, err := readAnyFrame(ctrl)
+		typ, payload, err := readAnyFrame(ctrl)
 		if err != nil {
 			return
 		}
-		if typ == frameDrain {
+		switch typ {
+		case frameDrain:
 			a.draining.Store(true)
 			s.log.Info("agent draining", "node", a.node)
+		case frameMove:
+			if id, err := decodeDialID(payload); err == nil && a.moves {
+				s.moveRequested(a, id) // move.go
+			}
 		}
 	}
 }

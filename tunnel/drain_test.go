@@ -360,3 +360,43 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// TestAgentDrainTimeoutEndsHalfClosedTunnels: a tunnel whose client has
+// finished sending, and whose node keeps its side open and silent, is
+// closed when the drain timeout passes, and the agent stops. Closing the
+// session alone left the node side waiting for ever, and Run with it.
+func TestAgentDrainTimeoutEndsHalfClosedTunnels(t *testing.T) {
+	h := newHarness(t, nil)
+	cfg := h.agentConfig("node-a")
+	cfg.DrainTimeout = 300 * time.Millisecond
+	cfg.DrainIdle = 200 * time.Millisecond
+	agent := h.startAgent(cfg)
+	silent := listenTCP(t, "127.0.0.1:0")
+	held := make(chan net.Conn, 1)
+	go func() {
+		if c, err := silent.Accept(); err == nil {
+			held <- c
+		}
+	}()
+	c := h.mustConnect(silent.Addr().String())
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	node := <-held
+	defer node.Close()
+	if _, err := io.ReadFull(node, make([]byte, 5)); err != nil {
+		t.Fatal(err)
+	}
+	c.(*net.UnixConn).CloseWrite()
+	node.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := node.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("node side after the client's FIN: read %d, %v; want EOF", n, err)
+	}
+	stopped := make(chan struct{})
+	go func() { agent.stop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent did not stop at its drain timeout while a half-closed tunnel was open")
+	}
+}

@@ -45,9 +45,14 @@ func badRequest(status int, format string, args ...any) error {
 
 // handleConnect serves one frontend connection. Each refusal is logged
 // here once, with the flag that would change it where one would; a failed
-// dial is logged by Dial.
-func (s *Server) handleConnect(c net.Conn) {
-	defer c.Close()
+// dial is logged by Dial. An open tunnel outlives the call (keep).
+func (s *Server) handleConnect(c net.Conn, keep func() (end func())) {
+	kept := false
+	defer func() {
+		if !kept {
+			c.Close()
+		}
+	}()
 	c.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
 	if tc, ok := c.(*tls.Conn); ok {
 		if err := tc.Handshake(); err != nil {
@@ -96,7 +101,9 @@ func (s *Server) handleConnect(c net.Conn) {
 		}
 		s.metrics.toNode.Add(float64(len(leftover)))
 	}
-	pipe(c, tunnel, s.metrics.toNode, s.metrics.fromNode)
+	kept = true
+	end := keep()
+	s.carry(c, tunnel, func() { c.Close(); end() }) // move.go
 }
 
 // timeoutFlag returns the log attributes that name --connect-header-timeout

@@ -38,7 +38,9 @@ func (s *Server) ServeFrontend(ln net.Listener, serve func(net.Listener) error) 
 // side reaches EOF the other is half-closed if it has CloseWrite, and
 // closed if it has not.
 func (s *Server) Pipe(client, tunnel net.Conn) {
-	pipe(client, tunnel, s.metrics.toNode, s.metrics.fromNode)
+	ended := make(chan struct{})
+	s.carry(client, tunnel, func() { close(ended) }) // move.go
+	<-ended
 }
 
 // CheckAddress reports, as a *DialError with ResultBadRequest, whether

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,25 +16,39 @@ const (
 	DefaultKeepaliveTimeout  = 10 * time.Second
 )
 
-// keepalive pings the peer of sess every interval until the session ends.
-// A ping left unanswered for timeout means the peer is gone — a crashed
-// host or a network that silently drops packets leaves the socket open, so
-// nothing else would notice — and keepalive closes the session, which fails
-// every stream on it at once. A dead peer is therefore noticed at most
-// interval + timeout after its last sign of life. Each round-trip time is
-// observed in rtt.
+// startKeepalive pings the peer of sess every interval until the session
+// ends. A ping left unanswered for timeout means the peer is gone — a
+// crashed host or a network that silently drops packets leaves the socket
+// open, so nothing else would notice — and keepalive closes the session,
+// which fails every stream on it at once. A dead peer is therefore noticed
+// at most interval + timeout after its last sign of life. Each round-trip
+// time is observed in rtt.
 //
 // Both ends run it, so each notices on its own: the server removes the
 // agent's routes, the agent reconnects.
-func keepalive(sess Session, interval, timeout time.Duration, rtt prometheus.Observer, log *slog.Logger) {
-	t := time.NewTimer(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-sess.Done():
+//
+// It runs on a timer, not a goroutine of its own: a goroutine exists only
+// while a ping is out, which spares a server a goroutine stack per idle
+// agent. The caller calls stop once the session has ended; stop waits for
+// a ping in flight, so nothing of the keepalive outlives it.
+func startKeepalive(sess Session, interval, timeout time.Duration, rtt prometheus.Observer, log *slog.Logger) (stop func()) {
+	var (
+		mu      sync.Mutex
+		stopped bool
+		pinging sync.WaitGroup
+		t       *time.Timer
+	)
+	mu.Lock() // t is set before the timer's first fire reads it
+	defer mu.Unlock()
+	t = time.AfterFunc(interval, func() {
+		mu.Lock()
+		if stopped {
+			mu.Unlock()
 			return
-		case <-t.C:
 		}
+		pinging.Add(1)
+		mu.Unlock()
+		defer pinging.Done()
 		if closed(sess) {
 			return
 		}
@@ -44,7 +59,18 @@ func keepalive(sess Session, interval, timeout time.Duration, rtt prometheus.Obs
 			return
 		}
 		rtt.Observe(d.Seconds())
-		t.Reset(interval)
+		mu.Lock()
+		if !stopped {
+			t.Reset(interval)
+		}
+		mu.Unlock()
+	})
+	return func() {
+		mu.Lock()
+		stopped = true
+		t.Stop()
+		mu.Unlock()
+		pinging.Wait()
 	}
 }
 

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -88,4 +89,20 @@ func TestKeepaliveAgentReconnectsFromSilentServer(t *testing.T) {
 	t.Logf("agent gave up the silent session %s after the freeze (interval %s, timeout %s)", time.Since(start).Round(time.Millisecond), interval, timeout)
 	expectMetric(t, reg, eq(1), "tunnel_agent_registered")
 	expectMetric(t, reg, ge(1), "tunnel_agent_reconnects_total")
+}
+
+// TestKeepaliveHoldsNoGoroutine: keepalive runs on a timer, so between
+// pings neither end has a goroutine in it (on a server with thousands of
+// idle agents, one stack each), and the pings still go out from both ends.
+func TestKeepaliveHoldsNoGoroutine(t *testing.T) {
+	const interval = 50 * time.Millisecond
+	_, agent, _, reg := keepaliveCase(t, interval, interval, 5*time.Second)
+	defer agent.stop()
+	expectMetric(t, reg, ge(3), "tunnel_server_keepalive_rtt_seconds")
+	expectMetric(t, reg, ge(3), "tunnel_agent_keepalive_rtt_seconds")
+	waitFor(t, "a moment with no goroutine in keepalive", func() bool {
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		return !strings.Contains(stacks, "tunnel.keepalive(") && !strings.Contains(stacks, "tunnel.startKeepalive.")
+	})
 }

@@ -87,15 +87,28 @@ func (s *Server) spawn(f func()) {
 }
 
 // goConn runs f in a goroutine that Close waits for, with c closed at
-// Close; it reports false, and closes c, if the server has closed.
-func (s *Server) goConn(c net.Conn, f func()) bool {
+// Close; it reports false, and closes c, if the server has closed. The work
+// ends when f returns, and then gives c's place back (leave, if not nil) —
+// unless f called keep: then it ends when the function keep returned is
+// called, from anywhere. A tunnel so outlives the goroutine that opened it
+// and needs none of its own while idle (copy.go, startPipe).
+func (s *Server) goConn(c net.Conn, leave func(), f func(keep func() (end func()))) bool {
 	if !s.enroll(c, c.Close) {
 		return false
 	}
+	end := func() {
+		if leave != nil {
+			leave()
+		}
+		s.untrack(c)
+		s.wg.Done()
+	}
 	go func() {
-		defer s.wg.Done()
-		defer s.untrack(c)
-		f()
+		kept := false
+		f(func() func() { kept = true; return end })
+		if !kept {
+			end()
+		}
 	}()
 	return true
 }

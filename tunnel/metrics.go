@@ -89,6 +89,7 @@ type serverMetrics struct {
 	redundant     prometheus.Counter
 	withAgent     prometheus.GaugeFunc
 	known         prometheus.GaugeFunc
+	moves         prometheus.Counter
 }
 
 // newServerMetrics creates a server's collectors; agents reports the number
@@ -145,6 +146,9 @@ func newServerMetrics(agents func() map[string]int, coverage func() (withAgent, 
 		known: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tunnel_server_nodes_known", Help: "Nodes the node source (--kubeconfig) knows; 0 without one.",
 		}, func() float64 { _, n := coverage(); return float64(n) }),
+		moves: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tunnel_server_tunnels_moved_total", Help: "Open tunnels a draining agent handed to its successor on the same node, adopted without a break (move.go).",
+		}),
 	}
 	for _, l := range limitNames {
 		m.limits.WithLabelValues(l)
@@ -166,7 +170,7 @@ func newServerMetrics(agents func() map[string]int, coverage func() (withAgent, 
 func (m *serverMetrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.agents, m.registrations, m.rejections, m.streamsOpen,
 		m.dialsVec, m.durationVec, m.bytesVec, m.frontendVec, m.keepaliveRTT, m.limits, m.violations, m.window,
-		m.replicas, m.redundant, m.withAgent, m.known}
+		m.replicas, m.redundant, m.withAgent, m.known, m.moves}
 }
 
 func (m *serverMetrics) frontendAnswered(code int) {
@@ -187,6 +191,7 @@ type agentMetrics struct {
 	fromNode     prometheus.Counter
 	reconnects   prometheus.Counter
 	keepaliveRTT prometheus.Histogram
+	handoffs     *prometheus.CounterVec
 }
 
 // newAgentMetrics creates an agent's collectors; servers reports the
@@ -225,7 +230,12 @@ func newAgentMetrics(servers func() (held, want int)) *agentMetrics {
 		keepaliveRTT: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tunnel_agent_keepalive_rtt_seconds", Help: "Round-trip time of keepalive pings to the server.", Buckets: rttBuckets,
 		}),
+		handoffs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tunnel_agent_tunnel_handoffs_total", Help: "Open tunnels a draining agent tried to hand to its successor, by result (moved, failed).",
+		}, []string{"result"}),
 	}
+	m.handoffs.WithLabelValues("moved")
+	m.handoffs.WithLabelValues("failed")
 	m.dials = newResultCounters(m.dialsVec)
 	m.toNode = m.bytesVec.WithLabelValues(DirectionToNode)
 	m.fromNode = m.bytesVec.WithLabelValues(DirectionFromNode)
@@ -234,7 +244,7 @@ func newAgentMetrics(servers func() (held, want int)) *agentMetrics {
 
 func (m *agentMetrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.registered, m.servers, m.expected, m.streamsOpen, m.dialsVec, m.dialTime,
-		m.bytesVec, m.reconnects, m.keepaliveRTT}
+		m.bytesVec, m.reconnects, m.keepaliveRTT, m.handoffs}
 }
 
 // register registers cs on reg; a nil reg registers nothing (the collectors

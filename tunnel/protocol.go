@@ -37,6 +37,8 @@ const (
 	frameDrain        byte = 0x05 // agent → server, control stream: route here only as a last resort
 	frameReplicas     byte = 0x06 // server → agent, control stream: the replica count changed (ha.go)
 	frameGoodbye      byte = 0x07 // server → agent, control stream: why the server ends the session
+	frameMove         byte = 0x08 // agent → server, control stream: move this tunnel (move.go)
+	frameAdopt        byte = 0x09 // agent → server, first frame of a stream the agent opens: carry this moved tunnel
 )
 
 const (
@@ -145,6 +147,9 @@ type HelloReply struct {
 	// those it holds: nothing was registered, and the agent tries again for
 	// another replica.
 	Held bool `json:"held,omitempty"`
+	// Moves says the server takes move frames and adopt streams: the agent
+	// may hand its tunnels to its successor (move.go).
+	Moves bool `json:"moves,omitempty"`
 }
 
 // goodbye is the payload of a goodbye frame: why the server is about to
@@ -294,6 +299,19 @@ func decodeDialRequest(payload []byte) (dialRequest, error) {
 		Timeout: time.Duration(binary.BigEndian.Uint32(payload[8:])) * time.Millisecond,
 		Address: string(payload[dialRequestFixed:]),
 	}, nil
+}
+
+// appendDialID encodes a move or adopt frame (typ) for dial id.
+func appendDialID(b []byte, typ byte, id uint64) []byte {
+	b = append(b, typ, 0, 8)
+	return binary.BigEndian.AppendUint64(b, id)
+}
+
+func decodeDialID(payload []byte) (uint64, error) {
+	if len(payload) != 8 {
+		return 0, fmt.Errorf("tunnel: dial ID of %d bytes", len(payload))
+	}
+	return binary.BigEndian.Uint64(payload), nil
 }
 
 // dialResponse is the agent's answer: a result code and, for failures, the

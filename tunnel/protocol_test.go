@@ -209,6 +209,8 @@ func TestProtocolExamples(t *testing.T) {
 		drain,
 		jsonFrame(frameReplicas, replicaCount{ServerCount: 2}),
 		jsonFrame(frameGoodbye, goodbye{Reason: "server stopping"}),
+		appendDialID(nil, frameMove, 42),
+		appendDialID(nil, frameAdopt, 42),
 	}
 	var got [][]byte
 	for _, line := range strings.Split(string(doc), "\n") {

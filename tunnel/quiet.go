@@ -67,6 +67,9 @@ type tunnelUse struct {
 	fromNode atomic.Bool  // those bytes came from the node
 	closed   atomic.Bool
 	node     net.Conn // the tunnel's connection to its destination
+	m        *mover   // nil if the tunnel cannot move (move.go)
+	id       uint64   // the dial's ID
+	addr     string   // the destination as the server asked for it
 
 	mu      sync.Mutex
 	answers [3]secondCount // answers begun, by second, for busy
@@ -148,8 +151,8 @@ type tunnelSet struct {
 
 // track adds a tunnel to the set, its dial answer counting as the node's
 // first bytes; the returned function removes it.
-func (s *tunnelSet) track(node net.Conn) (*tunnelUse, func()) {
-	u := &tunnelUse{node: node}
+func (s *tunnelSet) track(node net.Conn, m *mover, id uint64, addr string) (*tunnelUse, func()) {
+	u := &tunnelUse{node: node, m: m, id: id, addr: addr}
 	u.moved(true)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -161,6 +164,21 @@ func (s *tunnelSet) track(node net.Conn) (*tunnelUse, func()) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		delete(s.all, u)
+	}
+}
+
+// closeAll closes the node side of every tunnel: the copy path then ends
+// each of them, even one whose client has finished and whose node keeps
+// its side open and silent.
+func (s *tunnelSet) closeAll() {
+	s.mu.Lock()
+	nodes := make([]net.Conn, 0, len(s.all))
+	for u := range s.all {
+		nodes = append(nodes, u.node)
+	}
+	s.mu.Unlock()
+	for _, c := range nodes {
+		c.Close()
 	}
 }
 
@@ -177,6 +195,9 @@ func (s *tunnelSet) closeQuiet(now time.Time, quiet time.Duration) (idle, busy i
 	var toClose []closing
 	s.mu.Lock()
 	for u := range s.all {
+		if u.m != nil && u.m.state.Load() == moveStopping {
+			continue // on the move
+		}
 		need := quiet
 		if u.busy(now.Unix()) {
 			need = min(quiet, drainLastQuiet)

@@ -20,40 +20,30 @@ import (
 
 // retirement is the replacement state of an agentConn.
 type retirement struct {
-	retired  atomic.Bool
-	once     sync.Once
-	replaced chan struct{} // closed by retire
-	idle     chan struct{} // a token each time the stream count drops to zero
-}
-
-// replacedCh returns a channel closed when a newer session replaces a.
-func (a *agentConn) replacedCh() <-chan struct{} {
-	a.once.Do(a.initRetirement)
-	return a.replaced
+	retired atomic.Bool
+	once    sync.Once
+	idle    chan struct{} // a token each time the stream count drops to zero
 }
 
 func (a *agentConn) initRetirement() {
-	a.replaced = make(chan struct{})
 	a.idle = make(chan struct{}, 1)
 }
 
-// retire marks a replaced and wakes its session's handler.
-func (a *agentConn) retire() {
-	a.once.Do(a.initRetirement)
-	if a.retired.CompareAndSwap(false, true) {
-		close(a.replaced)
-	}
-}
-
-// replaceOlder retires every other session of a's node.
+// replaceOlder retires every other session of a's node: each drains on a
+// goroutine of its own (which Close waits for), and that closes the session
+// when it is done.
 func (s *Server) replaceOlder(a *agentConn) {
 	for _, old := range s.routes.takeOver(a) {
 		if old.draining.Load() { // out of routing now; its own drain ends it
 			continue
 		}
+		old.once.Do(old.initRetirement)
+		if !old.retired.CompareAndSwap(false, true) {
+			continue
+		}
 		s.log.Info("agent session replaced by a newer one for the same node; closing it once its tunnels end",
 			"node", old.node, "tunnels", old.streams.Load(), "timeout", s.cfg.ReplacedDrainTimeout)
-		old.retire()
+		s.spawn(func() { s.drainReplaced(old) }) // lifecycle.go
 	}
 }
 

@@ -31,11 +31,16 @@ type ServerConfig struct {
 	// agents that lose their session to it try there directly (ha.go).
 	AdvertiseAddress string
 	// AgentAcceptRate bounds the agent connections the server starts
-	// handshakes for, per second, after a burst of one second's worth. A
+	// handshakes for, per second, after a burst of AgentAcceptBurst. A
 	// connection takes its turn once its first bytes arrive; one whose turn
 	// is more than a second away is closed before TLS (accept.go). Zero: no
 	// bound. Default 200.
 	AgentAcceptRate float64
+	// AgentAcceptBurst is how many handshakes may start at once before
+	// AgentAcceptRate applies: a whole fleet reconnecting after a server
+	// restart gets in at the speed of the CPU, while a flood's long-run
+	// cost stays AgentAcceptRate handshakes a second. Default 5000.
+	AgentAcceptBurst int
 	// MaxAgentHandshakes bounds the agent connections accepted and not yet
 	// registered or refused: waiting for their first bytes (up to 3s) or
 	// their turn, in the handshake, or sending the hello. New connections
@@ -114,6 +119,7 @@ func DefaultServerConfig() ServerConfig {
 		SessionWindowBudget:  1 << 30,
 		ReplacedDrainTimeout: 60 * time.Second,
 		AgentAcceptRate:      200,
+		AgentAcceptBurst:     5000,
 		MaxAgentHandshakes:   4096,
 		MaxFrontendConns:     32768,
 
@@ -137,6 +143,8 @@ func (c *ServerConfig) Validate() error {
 		return &ConfigError{Field: "AdvertiseAddress", Msg: fmt.Sprintf("%q is not host:port", c.AdvertiseAddress)}
 	case c.AgentAcceptRate != 0 && !(c.AgentAcceptRate >= 1 && c.AgentAcceptRate <= 1e6):
 		return &ConfigError{Field: "AgentAcceptRate", Msg: fmt.Sprintf("must be 0 (no bound) or from 1 to 1e6 per second, not %v", c.AgentAcceptRate)}
+	case c.AgentAcceptRate != 0 && !(c.AgentAcceptBurst >= 1 && c.AgentAcceptBurst <= 1e6):
+		return &ConfigError{Field: "AgentAcceptBurst", Msg: fmt.Sprintf("must be from 1 to 1e6, not %d", c.AgentAcceptBurst)}
 	}
 	return errors.Join(
 		checkPositive("DialTimeout", c.DialTimeout),
@@ -177,6 +185,7 @@ type Server struct {
 	closed  bool
 	wg      sync.WaitGroup
 	tunnels inflight // dials in progress and tunnels open
+	moves   sync.Map // dial ID → *moving: open tunnels an agent may move (move.go)
 }
 
 // NewServer validates cfg and returns a Server ready to Serve.
@@ -196,7 +205,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		window:   cfg.streamWindow(),
 		sessions: gate{max: int64(cfg.MaxAgents)},
 		pending:  gate{max: int64(cfg.MaxPendingDials)},
-		accepts:  newAcceptLimiter(cfg.AgentAcceptRate),
+		accepts:  newAcceptLimiter(cfg.AgentAcceptRate, cfg.AgentAcceptBurst),
 		turns:    newTurnQueue(cfg.AgentAcceptRate),
 		agentCap: connCap{gate: gate{max: int64(cfg.MaxAgentHandshakes)}, limit: LimitAgentHandshakes},
 		frontCap: connCap{gate: gate{max: int64(cfg.MaxFrontendConns)}, limit: LimitFrontendConns},
@@ -242,7 +251,7 @@ func (s *Server) ServeAgents(ln net.Listener) error {
 // listener, or a TLS listener requiring client certificates) until ln or the
 // server closes.
 func (s *Server) ServeConnect(ln net.Listener) error {
-	return s.serve(ln, &s.frontCap, s.refuseFrontend, func(c net.Conn, _ func()) { s.handleConnect(c) })
+	return s.serve(ln, &s.frontCap, s.refuseFrontend, func(c net.Conn, _ func(), keep func() func()) { s.handleConnect(c, keep) })
 }
 
 // Shutdown drains the server: new dials fail at once with ResultDraining
@@ -274,10 +283,10 @@ func (s *Server) Tunnels() int { return s.tunnels.count() }
 // serve runs an accept loop, handing each connection to handle in a
 // goroutine the server owns, while cap has room for it (refuse answers
 // one over it; nil closes it). handle gets a
-// function that gives the connection's place back early; it is given back
-// when handle returns in any case. The loop itself never waits for
-// anything but Accept.
-func (s *Server) serve(ln net.Listener, cap *connCap, refuse func(net.Conn), handle func(c net.Conn, release func())) error {
+// function that gives the connection's place back early, and goConn's
+// keep; the place is given back when the connection's work ends in any
+// case. The loop itself never waits for anything but Accept.
+func (s *Server) serve(ln net.Listener, cap *connCap, refuse func(net.Conn), handle func(c net.Conn, release func(), keep func() (end func()))) error {
 	if !s.track(ln, ln.Close) { // the server closed first: as if ln had
 		return nil
 	}
@@ -299,7 +308,7 @@ func (s *Server) serve(ln net.Listener, cap *connCap, refuse func(net.Conn), han
 			continue
 		}
 		release := sync.OnceFunc(cap.leave)
-		if !s.goConn(c, func() { defer release(); handle(c, release) }) {
+		if !s.goConn(c, release, func(keep func() func()) { handle(c, release, keep) }) {
 			release()
 			return nil
 		}

@@ -95,7 +95,7 @@ func (s *Server) dialVia(ctx context.Context, a *agentConn, id uint64, addr stri
 	}
 	st.SetDeadline(time.Time{})
 	s.metrics.streamsOpen.Inc()
-	return &streamConn{Conn: st, agent: a, open: s.metrics.streamsOpen, end: s.tunnels.end}, nil
+	return &streamConn{Conn: st, agent: a, id: id, open: s.metrics.streamsOpen, end: s.tunnels.end}, nil
 }
 
 // answerGrace is how long past the dial timeout the server waits for the
@@ -129,6 +129,7 @@ func streamDialError(ctx context.Context, err error, addr string, timeout time.D
 type streamConn struct {
 	net.Conn
 	agent *agentConn
+	id    uint64           // the dial's ID
 	open  prometheus.Gauge // the server's open-streams gauge
 	end   func()           // ends the server's count of the tunnel
 	once  sync.Once

@@ -121,26 +121,27 @@ func (s *Server) ServeSSHAgents(ln net.Listener, cfg SSHServerConfig) error {
 		return err
 	}
 	sc := cfg.serverConfig()
-	return s.serve(ln, &s.agentCap, nil, func(raw net.Conn, registered func()) { s.handleSSHAgent(raw, sc, registered) })
+	return s.serve(ln, &s.agentCap, nil, func(raw net.Conn, registered func(), keep func() func()) { s.handleSSHAgent(raw, sc, registered, keep) })
 }
 
 // handleSSHAgent runs the SSH handshake within the handshake timeout, then
 // the common registration (runAgent).
-func (s *Server) handleSSHAgent(raw net.Conn, sc *ssh.ServerConfig, registered func()) {
-	defer raw.Close()
+func (s *Server) handleSSHAgent(raw net.Conn, sc *ssh.ServerConfig, registered func(), keep func() (end func())) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
 	if !s.awaitTurn(ctx, raw) {
+		raw.Close()
 		return
 	}
 	sess, err := acceptSSH(ctx, raw, sc)
 	if err != nil {
+		raw.Close()
 		s.handshakeLimit(ctx)
 		s.reject(RejectHandshake)
 		s.log.Warn("agent rejected", "remote", raw.RemoteAddr().String(), "transport", TransportSSH, "kind", RejectHandshake, "err", err)
 		return
 	}
-	s.runAgent(ctx, sess, raw.RemoteAddr().String(), registered)
+	s.runAgent(ctx, sess, raw.RemoteAddr().String(), registered, keep)
 }
 
 // acceptSSH completes the server side of an SSH agent connection.

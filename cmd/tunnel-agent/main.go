@@ -67,6 +67,7 @@ func (f *agentFlags) bind(g *cli.FlagGroups) {
 	f.bindOps(g) // ops.go
 	f.log.Bind(g.Group(cli.GroupObservability))
 	g.Group(cli.GroupGeneral).DurationVar(&f.cfg.DrainTimeout, "drain-timeout", f.cfg.DrainTimeout, "on SIGTERM, how long open tunnels may go on after the server is told to route new dials here only when no other agent serves them")
+	g.Group(cli.GroupGeneral).StringVar(&f.cfg.HandoffSocket, "handoff-socket", "", "unix socket path on the node (in a directory only the agent's user can write) through which a draining agent hands its open tunnels to the agent started after it, so a rollout cuts no connection; off when empty")
 	g.Group(cli.GroupGeneral).DurationVar(&f.cfg.DrainIdle, "drain-idle", f.cfg.DrainIdle, "during a drain, close a tunnel quiet this long since the node last answered (an idle keep-alive); a busy keep-alive, and in the last quarter of --drain-timeout any tunnel, after 5ms of quiet")
 }
 
@@ -117,6 +118,7 @@ var configFlags = map[string]string{
 	"ProbeInterval":    "probe-interval",
 	"DrainTimeout":     "drain-timeout",
 	"DrainIdle":        "drain-idle",
+	"HandoffSocket":    "handoff-socket",
 	"AllowCIDRs":       "allow-cidr",
 	"AllowPorts":       "allow-port",
 

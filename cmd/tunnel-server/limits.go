@@ -42,7 +42,8 @@ func (f *serverFlags) bindLimits(fs *pflag.FlagSet) {
 	fs.IntVar(&f.cfg.MaxAgentHandshakes, "max-agent-handshakes", f.cfg.MaxAgentHandshakes, "agent connections accepted and not yet registered (waiting for their first bytes or turn, in the handshake or hello); new ones beyond it are closed at once")
 	fs.IntVar(&f.cfg.MaxFrontendConns, "max-frontend-connections", f.cfg.MaxFrontendConns, "frontend connections open at once, tunnels included, over all frontends; beyond it a CONNECT on the unix socket gets 503, TLS and gRPC connections are closed")
 	fs.Var(cli.ByteSize{N: &f.cfg.SessionWindowBudget}, "session-window-budget", "bytes one agent session may make the server buffer: each stream's window is this over --max-streams-per-agent, clamped to 256Ki-16Mi")
-	fs.Float64Var(&f.cfg.AgentAcceptRate, "agent-accept-rate", f.cfg.AgentAcceptRate, "agent handshakes the server starts per second, after a burst of one second's worth; a connection takes its turn once its first bytes arrive, and is closed before TLS if its turn is over a second away or its address already has a quarter second's worth waiting (0: no bound)")
+	fs.Float64Var(&f.cfg.AgentAcceptRate, "agent-accept-rate", f.cfg.AgentAcceptRate, "agent handshakes the server starts per second, after a burst of --agent-accept-burst; a connection takes its turn once its first bytes arrive, and is closed before TLS if its turn is over a second away or its address already has a quarter second's worth waiting (0: no bound)")
+	fs.IntVar(&f.cfg.AgentAcceptBurst, "agent-accept-burst", f.cfg.AgentAcceptBurst, "agent handshakes the server may start at once before --agent-accept-rate applies, e.g. a whole fleet reconnecting after a restart; a flood still averages --agent-accept-rate")
 	fs.DurationVar(&f.cfg.ReplacedDrainTimeout, "replaced-drain-timeout", f.cfg.ReplacedDrainTimeout, "how long a session replaced by a newer one for the same node keeps its open tunnels before it is closed")
 }
 

@@ -127,6 +127,7 @@ var configFlags = map[string]string{
 	"SessionWindowBudget":  "session-window-budget",
 	"ReplacedDrainTimeout": "replaced-drain-timeout",
 	"AgentAcceptRate":      "agent-accept-rate",
+	"AgentAcceptBurst":     "agent-accept-burst",
 	"MaxAgentHandshakes":   "max-agent-handshakes",
 	"MaxFrontendConns":     "max-frontend-connections",
 	"AdvertiseAddress":     "advertise-address",
@@ -218,7 +219,7 @@ func serve(f *serverFlags, fs *pflag.FlagSet) error {
 	errc := make(chan error, len(listeners))
 	for _, l := range listeners {
 		log.Info("listening", "listener", l.name, "addr", l.ln.Addr().String())
-		go func() { errc <- loops.Run(l.name, func() error { return l.serve(srv, l.ln) }) }()
+		loops.Go(l.name, func() error { return l.serve(srv, l.ln) }, errc)
 	}
 	log.Info("tunnel-server started", "server_id", srv.ID())
 	cli.NotifyLogged(log, "READY=1") // sd_notify: every listener is up

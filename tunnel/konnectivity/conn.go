@@ -2,6 +2,7 @@ package konnectivity
 
 import (
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -23,6 +24,10 @@ type conn struct {
 	rest   []byte // the unread part of the last DATA payload
 	closed chan struct{}
 	once   sync.Once
+
+	dmu     sync.Mutex
+	expired chan struct{} // closed once the read deadline has passed
+	timer   *time.Timer   // closes expired at a future deadline
 }
 
 // Read returns the next bytes of DATA. The receive loop's end is the
@@ -31,6 +36,8 @@ type conn struct {
 func (c *conn) Read(b []byte) (int, error) {
 	if len(c.rest) == 0 {
 		select {
+		case <-c.readExpired():
+			return 0, os.ErrDeadlineExceeded
 		case d, ok := <-c.ps.data:
 			if !ok {
 				return 0, c.ps.recvErr
@@ -93,8 +100,53 @@ func (c *conn) RemoteAddr() net.Addr {
 	return &net.UnixAddr{Net: "unix"}
 }
 
-// SetDeadline and the others fail: the copy path sets none, and a gRPC
-// stream has no per-operation deadline.
-func (c *conn) SetDeadline(time.Time) error      { return errDeadline }
-func (c *conn) SetReadDeadline(time.Time) error  { return errDeadline }
+// SetReadDeadline makes a waiting or later Read return
+// os.ErrDeadlineExceeded once t has passed, consuming nothing: the server
+// stops reading this way to move the tunnel to another agent. A zero t
+// clears it.
+func (c *conn) SetReadDeadline(t time.Time) error {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.timer != nil {
+		c.timer.Stop()
+		c.timer = nil
+	}
+	if c.expired == nil || isClosed(c.expired) {
+		c.expired = make(chan struct{})
+	}
+	if !t.IsZero() {
+		exp := c.expired
+		c.timer = time.AfterFunc(time.Until(t), func() {
+			c.dmu.Lock()
+			defer c.dmu.Unlock()
+			if !isClosed(exp) { // a timer stopped too late, or the next one
+				close(exp)
+			}
+		})
+	}
+	return nil
+}
+
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// readExpired returns the channel that closes when the read deadline passes.
+func (c *conn) readExpired() chan struct{} {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.expired == nil {
+		c.expired = make(chan struct{})
+	}
+	return c.expired
+}
+
+// SetDeadline sets the read deadline only, and SetWriteDeadline fails: a
+// gRPC stream's send has no per-operation deadline.
+func (c *conn) SetDeadline(t time.Time) error    { return c.SetReadDeadline(t) }
 func (c *conn) SetWriteDeadline(time.Time) error { return errDeadline }

@@ -101,6 +101,26 @@ func TestLoops(t *testing.T) {
 	}
 }
 
+// TestLoopsGo: a loop started with Go counts as running as soon as Go
+// returns (the server reports itself started right after), and no longer
+// once its error arrives.
+func TestLoopsGo(t *testing.T) {
+	l := NewLoops("uds")
+	release := make(chan struct{})
+	errc := make(chan error, 1)
+	l.Go("uds", func() error { <-release; return errors.New("closed") }, errc)
+	if err := l.Check(); err != nil {
+		t.Fatalf("right after Go: %v", err)
+	}
+	close(release)
+	if err := <-errc; err == nil || err.Error() != "closed" {
+		t.Fatalf("loop error: %v", err)
+	}
+	if err := l.Check(); err == nil {
+		t.Fatal("after the loop returned: nil")
+	}
+}
+
 func TestBuildFallbacks(t *testing.T) {
 	b := Build()
 	if b.Version == "" || b.Commit == "" || !strings.HasPrefix(b.GoVersion, "go") {

@@ -103,6 +103,18 @@ func (l *Loops) Run(name string, fn func() error) error {
 	return fn()
 }
 
+// Go runs fn as the loop name on a new goroutine and sends its error to
+// errc. The loop is marked running before Go returns, so a process that
+// reports itself started after its Go calls is live at once.
+func (l *Loops) Go(name string, fn func() error, errc chan<- error) {
+	l.set(name, true)
+	go func() {
+		err := fn()
+		l.set(name, false)
+		errc <- err
+	}()
+}
+
 func (l *Loops) set(name string, running bool) {
 	l.mu.Lock()
 	l.running[name] = running
