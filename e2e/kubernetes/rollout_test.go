@@ -6,6 +6,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -55,7 +56,7 @@ type restartFigures struct {
 const restartWait = 2 * time.Minute
 
 // drainLogRE matches the agent's log lines about its drain.
-var drainLogRE = regexp.MustCompile(`(?m)msg=(?:draining|drained|"closed [^"]*tunnels[^"]*"|"drain timeout[^"]*").*$`)
+var drainLogRE = regexp.MustCompile(`(?m)msg=(?:draining|drained|"closed [^"]*tunnels[^"]*"|"handing tunnels[^"]*"|"tunnel not handed[^"]*"|"drain timeout[^"]*").*$`)
 
 // drain is SIGTERM to exit; linger is the exec's end to exit.
 func (f restartFigures) drain() time.Duration { return f.exited.Sub(f.sigterm) }
@@ -85,7 +86,9 @@ func TestAgentRollout(t *testing.T) {
 
 // rollout is one run of TestAgentRollout.
 func rollout(t *testing.T, http1 bool) {
-	c := newCluster(t, clusterOpts{mode: modeUDS})
+	// Each new agent takes the old one's tunnels over the handoff socket.
+	handoff := []string{"--handoff-socket", filepath.Join(t.TempDir(), "handoff.sock")}
+	c := newCluster(t, clusterOpts{mode: modeUDS, agentArgs: handoff})
 	c.webhookBackend(t, http1)
 	c.registerWebhooks(t)
 	load := c.startWebhookLoad(t, nsTunnel, rolloutRate)

@@ -141,3 +141,32 @@ func replaceFile(t *testing.T, src, dst string) {
 		t.Fatal(err)
 	}
 }
+
+// TestAgentHandsTunnelsOnRestart restarts an agent as a rollout does —
+// SIGTERM to the old process, a new one started beside it with the same
+// --handoff-socket — while tunnels through the unix-socket and the mTLS TCP
+// frontends are open: the old agent hands them over and exits at once,
+// and the same connections go on through the new agent.
+func TestAgentHandsTunnelsOnRestart(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t, loopbackCerts(t), serverOpts{frontend: true})
+	opts := agentOpts{node: nodeA, nodeIPs: []string{nodeAIP},
+		extra: []string{"--drain-timeout", "1m", "--drain-idle", "1m", "--handoff-socket", filepath.Join(t.TempDir(), "handoff.sock")}}
+	old := startAgent(t, srv, opts)
+	echo := startTarget(t, nodeAIP, serveEcho)
+	viaUDS := mustConnect(t, udsDialer(srv.udsPath), echo)
+	viaTLS := mustConnect(t, tlsDialer(srv.frontendAddr, srv.certs.clientTLS(t, true)), echo)
+	checkEcho(t, viaUDS, 1<<20)
+	checkEcho(t, viaTLS, 1<<20)
+
+	sent := time.Now()
+	old.signal(t, syscall.SIGTERM)
+	srv.waitLog(t, regexp.MustCompile(`msg="agent draining" node=node-a`), startTimeout)
+	startAgent(t, srv, opts)
+	if code := old.waitExit(t, drainBound); code != 0 {
+		t.Fatalf("old tunnel-agent exited %d, want 0", code)
+	}
+	t.Logf("old tunnel-agent exited %s after SIGTERM, its tunnels handed over", time.Since(sent).Round(time.Millisecond))
+	checkEcho(t, viaUDS, 1<<20)
+	checkEcho(t, viaTLS, 1<<20)
+}
