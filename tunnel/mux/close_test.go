@@ -23,6 +23,18 @@ import (
 // goroutine blocked in Read, and 1,000 goroutines blocked in Write with their
 // send window used up, while two goroutines spin on the CPU. Every call must
 // return within a second of Close, and the goroutines must all exit.
+//
+// A second is the target on a loaded two-core machine; on one loaded more
+// (CI runs this under -race, beside a CPU hog and other test binaries) the
+// machine itself may need longer just to run 11,000 woken goroutines. So the
+// test also times that: as many goroutines blocked on a plain channel, woken
+// by closing it, under the same spinning goroutines, just before Close. The
+// session may take longer than a second only if it stays within three times
+// that reference; ten under the race detector, where each of the wake
+// path's locks and channel operations costs more than the bare receive's
+// (measured beside `stress-ng --cpu 2`: 2-2.5 times the reference without
+// it, 3.5-5 times with it). A Close that spins or waits on its streams one
+// at a time (hashicorp/yamux took minutes here) fails either way.
 func TestCloseUnderLoad(t *testing.T) {
 	readers, writers := 10000, 1000
 	if testing.Short() {
@@ -54,15 +66,10 @@ func TestCloseUnderLoad(t *testing.T) {
 	}
 
 	var returned atomic.Int64
-	var late atomic.Int64
-	var closedAt atomic.Int64
 	var wg sync.WaitGroup
 	record := func(err error) {
 		if !errors.Is(err, ErrSessionClosed) {
 			t.Errorf("call returned %v; want ErrSessionClosed", err)
-		}
-		if c := closedAt.Load(); c == 0 || time.Since(time.Unix(0, c)) > time.Second {
-			late.Add(1)
 		}
 		returned.Add(1)
 	}
@@ -106,21 +113,52 @@ func TestCloseUnderLoad(t *testing.T) {
 			}
 		}()
 	}
+	ref := wakeReference(readers+writers, record)
+	returned.Store(0)
 	start := time.Now()
-	closedAt.Store(start.UnixNano())
 	p.sess.Close()
 	closeTook := time.Since(start)
 	wg.Wait()
 	all := time.Since(start)
 	close(stop)
 	hogs.Wait()
-	t.Logf("Close took %v; all %d calls returned after %v (GOMAXPROCS %d)", closeTook, returned.Load(), all, runtime.GOMAXPROCS(0))
-	if n := late.Load(); n > 0 {
-		t.Fatalf("%d calls returned more than 1s after Close (all returned after %v)", n, all)
+	t.Logf("Close took %v; all %d calls returned after %v; %d goroutines woken from a channel took %v (GOMAXPROCS %d)",
+		closeTook, returned.Load(), all, readers+writers, ref, runtime.GOMAXPROCS(0))
+	allowance := 3
+	if raceEnabled {
+		allowance = 10
+	}
+	if all > time.Second && all > time.Duration(allowance)*ref {
+		t.Fatalf("the calls returned %v after Close: over a second, and over %d times the %v the machine took to wake as many goroutines", all, allowance, ref)
 	}
 	if _, err := p.sess.Accept(context.Background()); !errors.Is(err, ErrSessionClosed) {
 		t.Fatalf("Accept after Close: %v", err)
 	}
+}
+
+// wakeReference times how long n goroutines blocked on a channel take to
+// return, each calling record, once the channel closes: what waking that
+// many goroutines costs on this machine at this moment.
+func wakeReference(n int, record func(error)) time.Duration {
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	var started sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		started.Add(1)
+		go func() {
+			defer wg.Done()
+			started.Done()
+			<-release
+			record(ErrSessionClosed)
+		}()
+	}
+	started.Wait()
+	time.Sleep(50 * time.Millisecond) // let them reach the receive
+	start := time.Now()
+	close(release)
+	wg.Wait()
+	return time.Since(start)
 }
 
 // TestStuckConnection fills a TLS connection whose peer never reads, so

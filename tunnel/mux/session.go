@@ -309,10 +309,13 @@ func (s *Session) Done() <-chan struct{} { return s.dead }
 
 // Err returns why the session ended (ErrSessionClosed after Close; an error
 // matching ErrConnLost, ErrWriteTimeout, ErrRemoteGoAway or ErrProtocol
-// otherwise), or nil while it runs.
+// otherwise), or nil while it runs. It takes no lock: shutdown sets s.err
+// before it closes dead and never changes it after, and every stream's
+// blocked call asks for it at once when the session ends.
 func (s *Session) Err() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	if !s.isDead() {
+		return nil
+	}
 	return s.err
 }
 
