@@ -18,6 +18,10 @@ import (
 // rttWarmup round trips precede every latency measurement, unrecorded.
 const rttWarmup = 100
 
+// minRTTSamples is the fewest round trips one latency measurement takes,
+// however long they take.
+const minRTTSamples = 100
+
 // maxRTTSamples bounds one latency measurement's memory.
 const maxRTTSamples = 2_000_000
 
@@ -107,16 +111,20 @@ func measureRTT(c net.Conn, seq *uint64, dur time.Duration) ([]time.Duration, er
 		err := benchmarks.ReadEcho(c, msg, buf)
 		return time.Since(start), err
 	}
-	end := time.Now().Add(dur)
-	c.SetDeadline(end.Add(benchmarks.IOGrace))
 	defer c.SetDeadline(time.Time{})
+	c.SetDeadline(time.Now().Add(benchmarks.IOGrace))
 	for range rttWarmup {
 		if _, err := rtt(); err != nil {
 			return nil, err
 		}
 	}
+	// The clock starts after the warm-up, which on a busy machine can take
+	// longer than a short run (--quick) lasts; and a run takes at least
+	// minRTTSamples, so that its percentiles are measured, never empty.
+	end := time.Now().Add(dur)
+	c.SetDeadline(end.Add(benchmarks.IOGrace))
 	var samples []time.Duration
-	for time.Now().Before(end) && len(samples) < maxRTTSamples {
+	for len(samples) < maxRTTSamples && (len(samples) < minRTTSamples || time.Now().Before(end)) {
 		d, err := rtt()
 		if err != nil {
 			return nil, err

@@ -38,7 +38,7 @@ func (b *bench) runThroughput(ctx context.Context) error {
 	pat := benchmarks.NewPattern(b.cfg.seed)
 	cpu, bytes := map[string]float64{}, map[string]float64{}
 	for _, tc := range cases {
-		rs := runs{}
+		rs, perGB := runs{}, runs{} // perGB: each run's CPU per GB, for the progress line
 		for r := range b.cfg.repeat {
 			for _, p := range b.env.paths() {
 				t, sec, err := b.transferOn(ctx, p, pat, tc)
@@ -47,8 +47,14 @@ func (b *bench) runThroughput(ctx context.Context) error {
 				}
 				rs[p.name] = append(rs[p.name], t.mbps())
 				cpu[p.name], bytes[p.name] = cpu[p.name]+sec, bytes[p.name]+float64(t.bytes)
+				if len(p.procs) > 0 && t.bytes > 0 {
+					perGB[p.name] = append(perGB[p.name], sec/(float64(t.bytes)/1e9))
+				}
 			}
 			b.say("throughput %s, run %d/%d: %s", tc, r+1, b.cfg.repeat, rs.line(unitMBps))
+			if len(perGB[pathTunnel]) > 0 {
+				b.say("throughput %s, run %d/%d, CPU per GB: %s", tc, r+1, b.cfg.repeat, perGB.line(unitCPUPerGB))
+			}
 		}
 		b.add(rs.figure(testThroughput, tc.String(), unitMBps, atLeastRatio(goalThroughput)))
 	}
