@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -59,5 +60,60 @@ func TestReadAhead(t *testing.T) {
 	}
 	if ra.bp != nil {
 		t.Error("a pooled buffer is still pinned after every byte was read")
+	}
+}
+
+// writeSizes records the length of each Write to the connection under it.
+type writeSizes struct {
+	net.Conn
+	sizes []int
+}
+
+func (w *writeSizes) Write(p []byte) (int, error) {
+	w.sizes = append(w.sizes, len(p))
+	return w.Conn.Write(p)
+}
+
+// TestBatchLimit writes ten full TLS records in one batch, as TLS does for
+// a session Write of four 64 KiB frames and more: they leave in system
+// calls of four records, the rest at the batch's end, every byte in order.
+func TestBatchLimit(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, server := connPair(t, ln)
+	rec := &writeSizes{Conn: client}
+	b := &batchConn{Conn: rec}
+
+	const record = 16<<10 + 22 // a full TLS 1.3 record: header, body, content type, tag
+	data := make([]byte, 10*record)
+	for i := range data {
+		data[i] = byte(rand.N(256))
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		all, _ := io.ReadAll(server)
+		got <- all
+	}()
+	b.begin()
+	for rest := data; len(rest) > 0; rest = rest[record:] {
+		if _, err := b.Write(rest[:record]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.end(); err != nil {
+		t.Fatal(err)
+	}
+	client.(*net.TCPConn).CloseWrite()
+	if !bytes.Equal(<-got, data) {
+		t.Fatal("the bytes did not arrive as written")
+	}
+	if want := []int{4 * record, 4 * record, 2 * record}; fmt.Sprint(rec.sizes) != fmt.Sprint(want) {
+		t.Fatalf("system calls of %v bytes; want %v", rec.sizes, want)
+	}
+	if b.buf != nil {
+		t.Fatal("the batch buffer stays pinned after the batch")
 	}
 }

@@ -11,6 +11,10 @@ const protoVersion uint8 = 0
 // flags (2), stream ID (4) and length (4), all big endian.
 const headerSize = 12
 
+// HeaderSize is headerSize for callers that size what they write to fit
+// the records under the session (tunnel/copy.go).
+const HeaderSize = headerSize
+
 // initialWindow is the receive window every stream starts with in both
 // directions, before any window update (spec.md, "Flow control").
 const initialWindow uint32 = 256 << 10
