@@ -126,6 +126,7 @@ func (s *Server) register(ctx context.Context, sess Session, remote string, regi
 	s.metrics.registrations.Inc()
 	registered()
 	s.log.Info("agent registered", "node", a.node, "remote", remote, "ips", ips, "podCIDRs", cidrs, "defaultRoute", def)
+	s.replaceOlder(a) // replace.go
 	return a, ctrl, true
 }
 
@@ -136,7 +137,6 @@ func (s *Server) serveAgent(sess Session, a *agentConn, ctrl net.Conn, remote st
 	defer sess.Close()
 	defer s.untrack(sess)
 	defer s.sessions.leave()
-	s.replaceOlder(a) // replace.go
 	stopKeepalive := startKeepalive(sess, s.cfg.KeepaliveInterval, s.cfg.KeepaliveTimeout, s.metrics.keepaliveRTT, s.log.With("node", a.node, "remote", remote))
 	adopts := make(chan struct{})
 	if a.moves {

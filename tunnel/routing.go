@@ -64,23 +64,23 @@ func (t *routes) remove(a *agentConn) {
 	t.reindexLocked()
 }
 
-// takeOver removes every other agent of a's node from every route and
-// returns them (replace.go retires them).
+// takeOver removes the agents of a's node that registered before a from
+// every route and returns them (replace.go retires them). Agents that
+// registered after a stay: a's takeOver can run after a newer session's
+// registration, and then that session replaces a, not the reverse.
 func (t *routes) takeOver(a *agentConn) []*agentConn {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var old []*agentConn
-	for _, x := range t.names[a.node] {
-		if x != a {
-			old = append(old, x)
-		}
+	list := t.names[a.node] // oldest first
+	i := slices.Index(list, a)
+	if i <= 0 { // a is the oldest, or out of routing already
+		return nil
 	}
+	old := slices.Clone(list[:i])
 	for _, x := range old {
 		t.removeLocked(x)
 	}
-	if len(old) > 0 {
-		t.reindexLocked()
-	}
+	t.reindexLocked()
 	return old
 }
 

@@ -84,6 +84,33 @@ func TestRoutesNewestWinsAndLoadSpreads(t *testing.T) {
 	}
 }
 
+// TestRoutesTakeOverOnlyOlder: a session's takeOver retires the sessions
+// of its node that registered before it, never one that registered after,
+// however late it runs.
+func TestRoutesTakeOverOnlyOlder(t *testing.T) {
+	r := newRoutes()
+	first := testAgent("node-a", []string{"10.0.0.5"}, nil, false)
+	second := testAgent("node-a", []string{"10.0.0.5"}, nil, false)
+	r.add(first)
+	r.add(second)
+	if old := r.takeOver(first); len(old) != 0 {
+		t.Fatalf("the first session's late takeOver returned %d sessions", len(old))
+	}
+	if r.lookup("node-a") != second || r.lookup("10.0.0.5") != second {
+		t.Fatal("the newer session lost its routes to the older one's takeOver")
+	}
+	if old := r.takeOver(second); len(old) != 1 || old[0] != first {
+		t.Fatalf("the second session's takeOver returned %v, want the first", old)
+	}
+	r.remove(second)
+	if got := r.lookup("node-a"); got != nil {
+		t.Fatalf("the first session is still routed after its takeOver: %v", name(got))
+	}
+	if old := r.takeOver(first); old != nil {
+		t.Fatal("takeOver of a session out of routing returned sessions")
+	}
+}
+
 func TestRoutesLookupAllocatesNothing(t *testing.T) {
 	r := newRoutes()
 	for i := range 1000 {
