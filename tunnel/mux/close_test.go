@@ -181,11 +181,17 @@ func TestStuckConnection(t *testing.T) {
 			}
 			var wg sync.WaitGroup
 			var blocked atomic.Int64
-			for range 64 { // 64 windows of 256 KiB: more than loopback buffers hold
-				st, err := s.Open(context.Background())
-				if err != nil {
+			// 64 windows of 256 KiB: more than loopback buffers hold. All
+			// are opened before any writes, so that no SYN waits behind a
+			// stuck write (on a loaded machine the first writers fill the
+			// connection before the loop is done).
+			streams := make([]*Stream, 64)
+			for i := range streams {
+				if streams[i], err = s.Open(context.Background()); err != nil {
 					t.Fatal(err)
 				}
+			}
+			for _, st := range streams {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
