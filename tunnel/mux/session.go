@@ -163,20 +163,19 @@ func (s *Session) register(synFirst bool) (*Stream, error) {
 }
 
 // Accept returns the next stream the peer opened, waiting for one until ctx
-// ends or the session does. It sends the stream's ACK before returning.
+// ends or the session does.
 //
-// The ACK goes out here, not with the stream's first outgoing frame: an
-// opener such as hashicorp/yamux closes its whole session when an ACK does
-// not come within its StreamOpenTimeout, and it limits its un-ACKed opens to
-// its backlog. Acknowledging at Accept keeps both independent of when, or
-// whether, the application writes. The cost is one 12-byte frame, which
-// joins any batch already being written.
+// The stream's ACK rides on the first frame the stream sends within
+// ackDelay (10 ms) of Accept — typically the answer to the request that
+// came with the SYN, so an open and its answer cost one frame each way —
+// and goes alone when ackDelay passes first. It must not wait on the
+// application for longer: an opener such as hashicorp/yamux closes its
+// whole session when an ACK does not come within its StreamOpenTimeout,
+// and it limits its un-ACKed opens to its backlog.
 func (s *Session) Accept(ctx context.Context) (*Stream, error) {
 	select {
 	case st := <-s.acceptCh:
-		if err := st.acknowledge(); err != nil {
-			return nil, err
-		}
+		st.owe()
 		return st, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()

@@ -201,6 +201,66 @@ func TestOpenWithOneWrite(t *testing.T) {
 	}
 }
 
+// TestAckRidesOnAnswer checks the accepted side's half of a dial in one
+// write each way: the ACK goes out on the stream's first frame, the
+// answer, and not as a frame of its own; a stream that sends nothing is
+// ACKed alone after ackDelay, which frees the opener's open slot.
+func TestAckRidesOnAnswer(t *testing.T) {
+	a, b := net.Pipe()
+	rc := &recordConn{Conn: b}
+	ccfg := DefaultConfig()
+	ccfg.OpenBacklog = 1
+	c, err := Client(a, ccfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Server(rc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	defer s.Close()
+	ctx := ctxT(t, 5*time.Second)
+	out, err := c.OpenWith(ctx, []byte("dial"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := s.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readN(t, in, 4)
+	answer := []byte("ok")
+	if _, err := in.Write(answer); err != nil {
+		t.Fatal(err)
+	}
+	want := makeHeader(typeData, flagACK, in.id, uint32(len(answer)))
+	if writes := rc.taken(); len(writes) != 1 || !bytes.Equal(writes[0], append(want[:], answer...)) {
+		t.Fatalf("writes = %x; want one write %x%x", writes, want, answer)
+	}
+	readN(t, out, len(answer))
+
+	// The slot is free again (OpenBacklog 1): the next open waits for an
+	// ACK that nothing carries.
+	start := time.Now()
+	if _, err := c.Open(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Accept(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Open(ctx); err != nil {
+		t.Fatalf("open after an unanswered accept: %v", err)
+	}
+	if waited := time.Since(start); waited < ackDelay {
+		t.Fatalf("the lone ACK came after %v, before ackDelay (%v)", waited, ackDelay)
+	}
+	want = makeHeader(typeWindowUpdate, flagACK, in.id+2, 0)
+	if writes := rc.taken(); len(writes) != 1 || !bytes.Equal(writes[0], want[:]) {
+		t.Fatalf("writes = %x; want the lone ACK %x", writes, want)
+	}
+}
+
 // TestFramesWholePerWrite checks that concurrent writers never split a
 // frame across connection Writes, and that frames queued while a write is
 // in flight are coalesced into fewer Writes.

@@ -26,6 +26,7 @@ type Stream struct {
 	sendWin   uint32 // bytes this side may still send
 	synFirst  bool   // the next data frame carries SYN (OpenWith)
 	holdsSlot bool   // opened here and not ACKed yet: holds a session open slot
+	ackOwed   bool   // accepted, ACK not sent yet: the next frame carries it
 	closing   bool   // CloseWrite or Reset was called: no more Writes
 	sentFIN   bool
 	recvFIN   bool
@@ -34,6 +35,7 @@ type Stream struct {
 	sink      func([]byte) int // SetSink: where the read loop may write data straight to
 	parked    bool             // a zero-length Read waits with nothing buffered, or Park
 	wake      func()           // Park: called once when the reader has something to read
+	ackTimer  *time.Timer      // sends the owed ACK alone if no frame carried it in time
 
 	readCh  chan struct{} // a token when data, FIN or RST arrived
 	writeCh chan struct{} // a token when window arrived or Writes must stop
@@ -74,7 +76,7 @@ func (st *Stream) Read(p []byte) (int, error) {
 		n, delta, ok, err := st.tryRead(p)
 		if ok {
 			if delta > 0 {
-				h := makeHeader(typeWindowUpdate, 0, st.id, delta)
+				h := makeHeader(typeWindowUpdate, st.ackFlag(), st.id, delta)
 				st.sess.w.post(&h) // if this fails, the session has ended
 			}
 			return n, err
@@ -257,7 +259,7 @@ func (st *Stream) tryTakeWindow(want int) (int, uint16, error) {
 	}
 	n := min(want, int(st.sendWin), 4*st.sess.cfg.MaxFrame)
 	st.sendWin -= uint32(n)
-	var flags uint16
+	flags := st.ackFlagLocked()
 	if st.synFirst {
 		flags, st.synFirst = flagSYN, false
 	}
@@ -316,8 +318,9 @@ func (st *Stream) CloseWrite() error {
 	if st.recvFIN {
 		st.leaveLocked()
 	}
+	flags := flagFIN | st.ackFlagLocked()
 	st.mu.Unlock()
-	h := makeHeader(typeWindowUpdate, flagFIN, st.id, 0)
+	h := makeHeader(typeWindowUpdate, flags, st.id, 0)
 	return st.sess.w.post(&h)
 }
 
@@ -339,6 +342,7 @@ func (st *Stream) Reset() error {
 	st.buf.release()
 	wasGone := st.gone
 	st.leaveLocked()
+	st.ackFlagLocked() // an RST answers the SYN as well
 	st.mu.Unlock()
 	st.wakeReader()
 	notify(st.writeCh)
@@ -390,17 +394,46 @@ func (st *Stream) SetWriteDeadline(t time.Time) error {
 	return nil
 }
 
-// acknowledge sends the ACK of a stream the peer opened, unless the peer
-// reset it meanwhile.
-func (st *Stream) acknowledge() error {
+// ackDelay is how long an accepted stream's ACK waits for a frame to ride
+// on (see Session.Accept).
+const ackDelay = 10 * time.Millisecond
+
+// owe marks the ACK of a stream the peer opened as owed: the stream's next
+// frame carries it, or it goes alone after ackDelay.
+func (st *Stream) owe() {
 	st.mu.Lock()
-	reset := st.resetErr != nil
-	st.mu.Unlock()
-	if reset {
-		return nil
+	defer st.mu.Unlock()
+	if st.resetErr == nil {
+		st.ackOwed = true
+		st.ackTimer = time.AfterFunc(ackDelay, st.acknowledge)
 	}
-	h := makeHeader(typeWindowUpdate, flagACK, st.id, 0)
-	return st.sess.w.post(&h)
+}
+
+// ackFlagLocked returns flagACK if the ACK is owed, and marks it paid by
+// the frame about to be sent; else 0.
+func (st *Stream) ackFlagLocked() uint16 {
+	if !st.ackOwed {
+		return 0
+	}
+	st.ackOwed = false
+	st.ackTimer.Stop()
+	st.ackTimer = nil
+	return flagACK
+}
+
+func (st *Stream) ackFlag() uint16 {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.ackFlagLocked()
+}
+
+// acknowledge sends the owed ACK alone: no frame came to carry it within
+// ackDelay.
+func (st *Stream) acknowledge() {
+	if st.ackFlag() != 0 {
+		h := makeHeader(typeWindowUpdate, flagACK, st.id, 0)
+		st.sess.w.post(&h) // if this fails, the session has ended
+	}
 }
 
 // The rest is called by the read loop.
@@ -446,6 +479,7 @@ func (st *Stream) resetByPeer() {
 		st.resetErr, st.closing = errResetByPeer, true
 		st.buf.release()
 	}
+	st.ackFlagLocked() // nothing to acknowledge any more
 	st.leaveLocked()
 	st.mu.Unlock()
 	st.wakeReader()
