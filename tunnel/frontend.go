@@ -61,7 +61,8 @@ func (s *Server) handleConnect(c net.Conn, keep func() (end func())) {
 			return
 		}
 	}
-	br := bufio.NewReaderSize(c, s.cfg.MaxHeaderBytes)
+	br := s.headerReader(c)
+	defer s.putHeaderReader(br)
 	addr, err := readConnect(br, s.cfg.MaxHeaderBytes)
 	if err != nil {
 		var re *requestError
@@ -104,6 +105,23 @@ func (s *Server) handleConnect(c net.Conn, keep func() (end func())) {
 	kept = true
 	end := keep()
 	s.carry(c, tunnel, func() { c.Close(); end() }) // move.go
+}
+
+// headerReader returns a reader of MaxHeaderBytes for c's CONNECT request,
+// from the pool: a fresh one per request would be most of what a tunnel
+// allocates. The caller puts it back once it is done with the bytes it
+// buffered; they are overwritten by the next request read with it.
+func (s *Server) headerReader(c net.Conn) *bufio.Reader {
+	if br, ok := s.headers.Get().(*bufio.Reader); ok {
+		br.Reset(c)
+		return br
+	}
+	return bufio.NewReaderSize(c, s.cfg.MaxHeaderBytes)
+}
+
+func (s *Server) putHeaderReader(br *bufio.Reader) {
+	br.Reset(nil) // holds on to no connection while pooled
+	s.headers.Put(br)
 }
 
 // timeoutFlag returns the log attributes that name --connect-header-timeout

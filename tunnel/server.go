@@ -184,8 +184,9 @@ type Server struct {
 	open    map[any]func() error // listeners and connections to close on Close
 	closed  bool
 	wg      sync.WaitGroup
-	tunnels inflight // dials in progress and tunnels open
-	moves   sync.Map // dial ID → *moving: open tunnels an agent may move (move.go)
+	tunnels inflight  // dials in progress and tunnels open
+	moves   sync.Map  // dial ID → *moving: open tunnels an agent may move (move.go)
+	headers sync.Pool // *bufio.Reader of MaxHeaderBytes for CONNECT requests (frontend.go)
 }
 
 // NewServer validates cfg and returns a Server ready to Serve.
