@@ -3,6 +3,7 @@ package tunnel
 import (
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -126,6 +127,8 @@ type half struct {
 	moved    atomic.Int64 // bytes moved, by the copier and by the sink
 	t        *tunnelRun   // the tunnel, or nil for copyHalf
 	paused   bool         // the half stopped for a move (set before halfEnded)
+	// idleUntil is the read deadline armIdle left on src, or zero.
+	idleUntil time.Time
 }
 
 func newHalf(dst, src net.Conn, count counter, t *tunnelRun) *half {
@@ -145,23 +148,33 @@ func newHalf(dst, src net.Conn, count counter, t *tunnelRun) *half {
 // one copy and the next, the stream's lock or the go statement orders
 // every access to h.
 func (h *half) copy(ready bool) {
-	wait := readWaiter(h.src)
-	pause := waitPause(wait)
+	fill := pooledRead(h.src)
+	var pause pauseFunc
 	switch {
-	case h.t == nil: // copyHalf: waits on its own goroutine
-	case h.st != nil:
-		pause = func() (bool, error) { return h.st.Park(h.resume), nil }
-	case wait != nil:
-		pause = func() (bool, error) {
+	case h.st != nil && h.t != nil:
+		pause = func() (*[]byte, int, bool, error) {
+			h.disarmIdle(nil) // a parked stream has no reads for it to end
+			return nil, 0, h.st.Park(h.resume), nil
+		}
+	case fill != nil && h.t != nil:
+		pause = func() (*[]byte, int, bool, error) {
 			if ready {
 				ready = false
-				return false, nil
+				bp, n, err := fill()
+				return bp, n, false, err
 			}
-			return h.waitOrPark(wait)
+			return h.readOrPark(fill)
 		}
+	case fill != nil: // copyHalf: waits on its own goroutine
+		pause = func() (*[]byte, int, bool, error) {
+			bp, n, err := fill()
+			return bp, n, false, err
+		}
+	default:
+		pause = waitPause(readWaiter(h.src))
 	}
 	var largeRead func([]byte) (int, error)
-	if h.t != nil && (h.st != nil || wait != nil) { // deadlines that leave the source usable
+	if h.t != nil && (h.st != nil || fill != nil) { // deadlines that leave the source usable
 		largeRead = h.largeRead
 	}
 	n, parked, err := copyAdaptive(h.dst, h.src, h.count, pause, largeRead)
@@ -206,42 +219,70 @@ func (h *half) resume() { go h.copy(true) }
 // goroutine, and a quiet one gives up the large stack within parkAfter.
 const parkAfter = 50 * time.Millisecond
 
-// waitOrPark is the pause of a direction from a socket: it waits for the
-// socket up to parkAfter, then hands the wait to await and reports parked.
-// It waits with the socket's read deadline, which a move sets too
-// (mover.pause); while a move is under way, the move's deadline stands.
-func (h *half) waitOrPark(wait func() error) (bool, error) {
-	if !h.mover().idleDeadline(h.src, time.Now().Add(parkAfter)) {
-		return false, wait()
+// readOrPark is the pause of a direction from a socket: it reads what the
+// socket has (fill) within parkAfter, then hands the wait to await and
+// reports parked. It waits with the socket's read deadline (armIdle),
+// which a move sets too (mover.pause); while a move is under way, the
+// move's deadline stands.
+func (h *half) readOrPark(fill func() (*[]byte, int, error)) (*[]byte, int, bool, error) {
+	m := h.mover()
+	if !h.armIdle(m) {
+		bp, n, err := fill()
+		return bp, n, false, err
 	}
-	err := wait()
-	if !h.mover().idleDeadline(h.src, time.Time{}) {
-		return false, err // a move began: the next Read stops for it
+	bp, n, err := fill()
+	if bp != nil || !isTimeout(err) {
+		return bp, n, false, err
 	}
-	if isTimeout(err) {
-		go h.await(wait)
-		return true, nil
+	if !h.disarmIdle(m) {
+		return nil, 0, false, err // a move began: its deadline passed
 	}
-	return false, err
+	go h.await(readWaiter(h.src))
+	return nil, 0, true, nil
 }
 
 // largeRead is copyAdaptive's read into a large buffer in a tunnel: it
 // reads within parkAfter, and returns 0 and no error, quiet, if nothing
 // came by then. On a socket, a move's read deadline stands as in
-// waitOrPark; a stream's deadline is the copy path's alone.
+// readOrPark; a stream's deadline is the copy path's alone.
 func (h *half) largeRead(buf []byte) (int, error) {
 	m := h.mover()
 	if h.st != nil {
 		m = nil
 	}
-	if !m.idleDeadline(h.src, time.Now().Add(parkAfter)) {
+	if !h.armIdle(m) {
 		return h.src.Read(buf)
 	}
 	n, err := h.src.Read(buf)
-	if m.idleDeadline(h.src, time.Time{}) && n == 0 && isTimeout(err) {
+	if n == 0 && isTimeout(err) && h.disarmIdle(m) {
 		return 0, nil
 	}
 	return n, err
+}
+
+// armIdle makes src's read deadline fall between parkAfter/2 and parkAfter
+// from now, and reports false if a move owns the deadline (mover). It
+// moves the deadline only when it has come nearer than parkAfter/2: a busy
+// direction sets it once every parkAfter/2 or so, not once per read, and
+// leaves it set between reads. A read it cuts short so means quiet after
+// at least parkAfter/2 instead of parkAfter.
+func (h *half) armIdle(m *mover) bool {
+	now := time.Now()
+	if h.idleUntil.Sub(now) >= parkAfter/2 {
+		return true
+	}
+	h.idleUntil = now.Add(parkAfter)
+	return m.idleDeadline(h.src, h.idleUntil)
+}
+
+// disarmIdle removes the read deadline armIdle set, if any, before src is
+// waited for without one, and reports false if a move owns the deadline.
+func (h *half) disarmIdle(m *mover) bool {
+	if h.idleUntil.IsZero() {
+		return true
+	}
+	h.idleUntil = time.Time{}
+	return m.idleDeadline(h.src, time.Time{})
 }
 
 // await waits, on a goroutine of its own, until the socket h reads has
@@ -252,26 +293,31 @@ func (h *half) await(wait func() error) {
 	h.copy(true)
 }
 
-// waitPause turns a read waiter into copyAdaptive's pause, which never
-// parks; nil stays nil.
-func waitPause(wait func() error) func() (bool, error) {
+// pauseFunc is copyAdaptive's pause: it waits, holding no buffer, until
+// src has data, or ended or failed (err, io.EOF at the end), or reports
+// that it parked. It may read the data itself: then it returns the small
+// pooled buffer it read into (first) and how many bytes it holds.
+type pauseFunc func() (first *[]byte, n int, parked bool, err error)
+
+// waitPause turns a read waiter into a pause that never parks and reads
+// nothing; nil stays nil.
+func waitPause(wait func() error) pauseFunc {
 	if wait == nil {
 		return nil
 	}
-	return func() (bool, error) { return false, wait() }
+	return func() (*[]byte, int, bool, error) { return nil, 0, false, wait() }
 }
 
 // copyAdaptive copies src to dst with buffers taken as described at the
 // top of this file, until EOF (err nil), an error, or a pause that parks
 // (parked true). When src goes quiet, it lets go of its buffer and calls
-// pause, which waits until src has data (or fails) or reports that it
-// parked; a nil pause keeps the buffer and reads on. largeRead, if not
+// pause; a nil pause keeps the buffer and reads on. largeRead, if not
 // nil, reads into the large buffer instead of src.Read, and returns 0 and
 // no error when src stayed quiet for parkAfter: the large buffer then goes
 // back too, where it would otherwise wait for the next burst in a blocked
 // Read. Unlike io.Copy it never takes a ReaderFrom/WriterTo detour, which
 // would allocate a buffer of its own for the stream types used here.
-func copyAdaptive(dst io.Writer, src io.Reader, count counter, pause func() (bool, error), largeRead func([]byte) (int, error)) (n int64, parked bool, err error) {
+func copyAdaptive(dst io.Writer, src io.Reader, count counter, pause pauseFunc, largeRead func([]byte) (int, error)) (n int64, parked bool, err error) {
 	shrink, _ := src.(shrinker)
 	var bp *[]byte // the buffer in hand; nil while waiting
 	large := false
@@ -281,23 +327,27 @@ func copyAdaptive(dst io.Writer, src io.Reader, count counter, pause func() (boo
 		}
 	}()
 	for {
-		if bp == nil {
+		var nr int
+		var rerr error
+		switch {
+		case bp != nil && large && largeRead != nil:
+			nr, rerr = largeRead(*bp)
+		case bp != nil:
+			nr, rerr = src.Read(*bp)
+		default:
 			if pause != nil {
-				parked, err := pause()
-				if parked || err != nil {
-					return n, parked, eofIsNil(err)
+				bp, nr, parked, rerr = pause()
+				if parked {
+					return n, true, nil
 				}
 			}
-			bp = smallBufs.Get().(*[]byte)
+			if bp == nil && rerr == nil {
+				bp = smallBufs.Get().(*[]byte)
+				nr, rerr = src.Read(*bp)
+			}
 		}
-		buf := *bp
-		read := src.Read
-		if large && largeRead != nil {
-			read = largeRead
-		}
-		nr, rerr := read(buf)
 		if nr > 0 {
-			nw, werr := dst.Write(buf[:nr])
+			nw, werr := dst.Write((*bp)[:nr])
 			n += int64(nw)
 			if count != nil {
 				count.Add(float64(nw))
@@ -310,7 +360,7 @@ func copyAdaptive(dst io.Writer, src io.Reader, count counter, pause func() (boo
 			return n, false, eofIsNil(rerr)
 		}
 		switch {
-		case !large && nr == len(buf): // more is waiting
+		case !large && nr == len(*bp): // more is waiting
 			smallBufs.Put(bp)
 			bp, large = largeBufs.Get().(*[]byte), true
 		case nr < smallBufSize: // quiet
@@ -457,4 +507,52 @@ func peekReadable(fd uintptr) bool {
 	var b [1]byte
 	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 	return err != syscall.EAGAIN
+}
+
+// pooledRead returns a function that waits until the socket src has data,
+// or has reached EOF or failed, and reads the data into a small buffer it
+// takes from the pool only then: one read where a wait and a read took a
+// peek and a read. It returns the buffer and the byte count, or no buffer
+// and io.EOF at the end, or the error (a passed read deadline among them).
+// nil if src is not a socket.
+func pooledRead(src io.Reader) func() (*[]byte, int, error) {
+	sc, ok := src.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return func() (*[]byte, int, error) {
+		var (
+			bp   *[]byte
+			n    int
+			rerr error
+		)
+		err := rc.Read(func(fd uintptr) bool {
+			bp = smallBufs.Get().(*[]byte)
+			for {
+				n, rerr = syscall.Read(int(fd), *bp)
+				if rerr != syscall.EINTR {
+					break
+				}
+			}
+			if n > 0 {
+				return true
+			}
+			smallBufs.Put(bp)
+			bp = nil
+			return rerr != syscall.EAGAIN
+		})
+		switch {
+		case err != nil:
+			return nil, 0, err
+		case rerr != nil:
+			return nil, 0, os.NewSyscallError("read", rerr)
+		case bp == nil:
+			return nil, 0, io.EOF
+		}
+		return bp, n, nil
+	}
 }

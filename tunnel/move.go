@@ -117,7 +117,7 @@ func (m *mover) pause() bool {
 }
 
 // idleDeadline sets the read deadline of sock, the tunnel's socket, for
-// the copy path's own wait (waitOrPark) and reports true; or, once the
+// the copy path's own wait (half.armIdle) and reports true; or, once the
 // tunnel is moving, leaves the move's deadline alone and reports false. A
 // nil mover always sets it.
 func (m *mover) idleDeadline(sock net.Conn, t time.Time) bool {
