@@ -24,13 +24,16 @@ import (
 // worth means the stream has gone quiet: the large buffer goes back to its
 // pool, and a session stream also drops its receive buffer (Shrink).
 
-// Buffer sizes, measured in benchmarks/results/. A full large read sent
-// on a session stream is one data frame whose header and body fill four
-// 16 KiB TLS records exactly; a 64 KiB read sent a fifth record of 12
-// bytes after them.
+// Buffer sizes, measured in benchmarks/results/. A large buffer keeps room
+// for a frame header before the bytes it reads, so that a session stream
+// writes the frame from it in place (mux.Stream.WriteFramed); a full large
+// read so makes one data frame whose header and body fill four 16 KiB TLS
+// records exactly (a 64 KiB read sent a fifth record of 12 bytes after
+// them).
 const (
-	smallBufSize = 2 << 10
-	largeBufSize = 64<<10 - mux.HeaderSize
+	smallBufSize  = 2 << 10
+	largeBufSize  = 64 << 10
+	largeReadSize = largeBufSize - mux.HeaderSize // after the header's room
 )
 
 var (
@@ -319,6 +322,7 @@ func waitPause(wait func() error) pauseFunc {
 // would allocate a buffer of its own for the stream types used here.
 func copyAdaptive(dst io.Writer, src io.Reader, count counter, pause pauseFunc, largeRead func([]byte) (int, error)) (n int64, parked bool, err error) {
 	shrink, _ := src.(shrinker)
+	framed := framedWriter(dst)
 	var bp *[]byte // the buffer in hand; nil while waiting
 	large := false
 	defer func() {
@@ -330,11 +334,7 @@ func copyAdaptive(dst io.Writer, src io.Reader, count counter, pause pauseFunc, 
 		var nr int
 		var rerr error
 		switch {
-		case bp != nil && large && largeRead != nil:
-			nr, rerr = largeRead(*bp)
-		case bp != nil:
-			nr, rerr = src.Read(*bp)
-		default:
+		case bp == nil:
 			if pause != nil {
 				bp, nr, parked, rerr = pause()
 				if parked {
@@ -345,9 +345,20 @@ func copyAdaptive(dst io.Writer, src io.Reader, count counter, pause pauseFunc, 
 				bp = smallBufs.Get().(*[]byte)
 				nr, rerr = src.Read(*bp)
 			}
+		case large && largeRead != nil:
+			nr, rerr = largeRead(readRoom(bp, large))
+		default:
+			nr, rerr = src.Read(readRoom(bp, large))
 		}
+		buf := readRoom(bp, large)
 		if nr > 0 {
-			nw, werr := dst.Write((*bp)[:nr])
+			var nw int
+			var werr error
+			if large && framed != nil {
+				nw, werr = framed.WriteFramed((*bp)[:mux.HeaderSize+nr])
+			} else {
+				nw, werr = dst.Write(buf[:nr])
+			}
 			n += int64(nw)
 			if count != nil {
 				count.Add(float64(nw))
@@ -360,7 +371,7 @@ func copyAdaptive(dst io.Writer, src io.Reader, count counter, pause pauseFunc, 
 			return n, false, eofIsNil(rerr)
 		}
 		switch {
-		case !large && nr == len(*bp): // more is waiting
+		case !large && nr == len(buf): // more is waiting
 			smallBufs.Put(bp)
 			bp, large = largeBufs.Get().(*[]byte), true
 		case nr < smallBufSize: // quiet
@@ -373,6 +384,27 @@ func copyAdaptive(dst io.Writer, src io.Reader, count counter, pause pauseFunc, 
 			}
 		}
 	}
+}
+
+// readRoom returns the part of buffer bp that reads fill: all of a small
+// one, a large one after its room for a frame header; nil for no buffer.
+func readRoom(bp *[]byte, large bool) []byte {
+	switch {
+	case bp == nil:
+		return nil
+	case large:
+		return (*bp)[mux.HeaderSize:]
+	}
+	return *bp
+}
+
+// framedWriter returns the session stream w writes to, which can write a
+// large buffer's frame in place, or nil.
+func framedWriter(w io.Writer) *mux.Stream {
+	if c, ok := w.(net.Conn); ok {
+		return sessionStream(c)
+	}
+	return nil
 }
 
 // The fast lane. While a direction from a session stream waits for data,

@@ -52,7 +52,7 @@ func (c *byteCount) Add(v float64) { c.n.Add(int64(v)) }
 // between the small and the large buffer, that bulk reads get the large
 // buffer, and that quiet reads release the stream's receive buffer.
 func TestCopyAdaptive(t *testing.T) {
-	reads := []int{1, 64, smallBufSize, largeBufSize, largeBufSize, 5, smallBufSize - 1, 3 * largeBufSize, 7}
+	reads := []int{1, 64, smallBufSize, largeReadSize, largeReadSize, 5, smallBufSize - 1, 3 * largeReadSize, 7}
 	total := 0
 	for _, n := range reads {
 		total += n
@@ -71,8 +71,8 @@ func TestCopyAdaptive(t *testing.T) {
 	if n != int64(total) || count.n.Load() != int64(total) || !bytes.Equal(dst.Bytes(), data) {
 		t.Fatalf("copied %d (counted %d) of %d bytes; equal=%v", n, count.n.Load(), total, bytes.Equal(dst.Bytes(), data))
 	}
-	if src.maxBuf != largeBufSize {
-		t.Errorf("largest read buffer %d, want %d during bulk reads", src.maxBuf, largeBufSize)
+	if src.maxBuf != largeReadSize {
+		t.Errorf("largest read buffer %d, want %d during bulk reads", src.maxBuf, largeReadSize)
 	}
 	// Reads of 1, 64, 5, smallBufSize-1 and 7 bytes are quiet moments.
 	if src.shrinks != 5 {

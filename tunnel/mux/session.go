@@ -122,7 +122,7 @@ func (s *Session) OpenWith(ctx context.Context, first []byte) (*Stream, error) {
 		h := makeHeader(typeWindowUpdate, flagSYN, st.id, 0)
 		err = s.w.post(&h)
 	} else {
-		_, err = st.write(ctx, first) // the first frame carries the SYN
+		_, err = st.write(ctx, nil, first) // the first frame carries the SYN
 	}
 	if err != nil {
 		st.Reset()

@@ -203,9 +203,21 @@ func (st *Stream) creditLocked() uint32 {
 // for send window as needed, and returns once every frame has been written
 // to the connection, or with the error that stopped it. Concurrent Writes
 // do not interleave.
-func (st *Stream) Write(p []byte) (int, error) { return st.write(context.Background(), p) }
+func (st *Stream) Write(p []byte) (int, error) { return st.write(context.Background(), nil, p) }
 
-func (st *Stream) write(ctx context.Context, p []byte) (int, error) {
+// WriteFramed writes b[HeaderSize:] as Write does, with b[:HeaderSize] as
+// room for a frame header, which it overwrites. When the data goes out as
+// one frame and nothing else waits to be written, the frame is written from
+// b itself, header and body in place, instead of being copied into the
+// session's batch first: the copy path's large buffers (tunnel/copy.go)
+// leave this room, and bulk data so crosses one copy fewer.
+func (st *Stream) WriteFramed(b []byte) (int, error) {
+	return st.write(context.Background(), b, b[headerSize:])
+}
+
+// write writes p; framed, if not nil, is p with HeaderSize bytes of room
+// before it (WriteFramed).
+func (st *Stream) write(ctx context.Context, framed, p []byte) (int, error) {
 	if err := st.lockWrite(ctx, true); err != nil {
 		return 0, err
 	}
@@ -216,7 +228,12 @@ func (st *Stream) write(ctx context.Context, p []byte) (int, error) {
 		if err != nil {
 			return done, err
 		}
-		if err := st.sess.w.sendData(st.id, flags, p[done:done+n]); err != nil {
+		if framed != nil && n == len(p) && n <= st.sess.cfg.MaxFrame {
+			err = st.sess.w.sendFramed(st.id, flags, framed)
+		} else {
+			err = st.sess.w.sendData(st.id, flags, p[done:done+n])
+		}
+		if err != nil {
 			return done, err
 		}
 		done += n

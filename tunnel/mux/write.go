@@ -44,6 +44,7 @@ var batchPool = sync.Pool{New: func() any { return &batch{buf: make([]byte, 0, 6
 // go of it puts it back.
 type batch struct {
 	buf     []byte
+	direct  []byte        // instead of buf: one frame written from its sender's buffer (sendFramed)
 	done    chan struct{} // closed once written; made when someone waits
 	turn    chan struct{} // closed when a writer hands the connection to this batch's waiters
 	handed  bool          // turn is closed
@@ -126,6 +127,26 @@ func (w *writer) sendData(id uint32, flags uint16, p []byte) error {
 		p, flags = p[n:], 0
 	}
 	b.waiters++
+	return w.waitLocked(b)
+}
+
+// sendFramed sends frame[headerSize:] on stream id as one data frame with
+// flags, writing the header into frame[:headerSize], and returns once it is
+// written. If no one is writing and nothing is queued, the caller writes
+// the frame from its own buffer; otherwise it is copied and queued as
+// sendData does.
+func (w *writer) sendFramed(id uint32, flags uint16, frame []byte) error {
+	w.mu.Lock()
+	if w.err != nil || w.writing || w.pending != nil {
+		w.mu.Unlock()
+		return w.sendData(id, flags, frame[headerSize:])
+	}
+	h := makeHeader(typeData, flags, id, uint32(len(frame)-headerSize))
+	copy(frame, h[:])
+	b := batchPool.Get().(*batch)
+	b.direct = frame
+	b.waiters++
+	w.pending = b // taken at once below, under the same lock: nothing is appended to it
 	return w.waitLocked(b)
 }
 
@@ -274,8 +295,12 @@ func (w *writer) takeLocked() *batch {
 // it while writing.
 func (w *writer) runLocked(b *batch) {
 	for drained := 0; ; {
+		out := b.buf
+		if b.direct != nil {
+			out = b.direct
+		}
 		w.mu.Unlock()
-		err := w.write(b.buf)
+		err := w.write(out)
 		w.mu.Lock()
 		w.finishLocked(b, err)
 		next := w.pending
