@@ -16,9 +16,12 @@ import (
 // every tunneled byte on the server and on the agent passes through startPipe.
 //
 // An idle tunnel must not pin buffers: with 10,000 tunnels open, 64 KiB per
-// direction would be over a GiB. So each direction first waits, holding no
-// buffer, until its source has data (waitReadable), then reads into a small
-// pooled buffer and returns it at once. A read that fills the small buffer
+// direction would be over a GiB. So each direction waits, holding no
+// buffer, until its source has data, and only then takes a small pooled
+// buffer, which it returns at once: a session stream waits in a
+// zero-length Read or parks (Park); a socket reads inside the runtime's
+// readiness callback, taking the buffer only when the read finds data
+// (pooledRead). A read that fills the small buffer
 // means more is waiting: the direction switches to a large buffer, which it
 // keeps while data streams. A read that returns less than a small buffer's
 // worth means the stream has gone quiet: the large buffer goes back to its
