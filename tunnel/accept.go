@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -211,7 +210,9 @@ func (s *Server) refuseFrontend(c net.Conn) {
 		defer s.refusing.leave()
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(time.Second))
-		readConnect(bufio.NewReaderSize(c, s.cfg.MaxHeaderBytes), s.cfg.MaxHeaderBytes)
+		br := s.headerReader(c)
+		defer s.putHeaderReader(br)
+		readConnect(br, s.cfg.MaxHeaderBytes)
 		s.answer(c, http.StatusServiceUnavailable, fmt.Sprintf("server at its limit of %d frontend connections (%s)", s.cfg.MaxFrontendConns, limitFlags[LimitFrontendConns]))
 	})
 	if !ok {

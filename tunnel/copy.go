@@ -445,12 +445,8 @@ func sessionStream(c net.Conn) *mux.Stream {
 // socket without blocking, counting what it writes in count and moved; or
 // nil if dst is not a plain socket.
 func socketSink(dst net.Conn, count counter, moved *atomic.Int64) func([]byte) int {
-	sc, ok := dst.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := rawConn(dst)
+	if rc == nil {
 		return nil
 	}
 	return func(p []byte) int {
@@ -526,13 +522,24 @@ func readWaiter(src io.Reader) func() error {
 	case *streamConn:
 		return readWaiter(c.Conn)
 	case syscall.Conn: // *net.TCPConn, *net.UnixConn
-		rc, err := c.SyscallConn()
-		if err != nil {
-			return nil
+		if rc := rawConn(c); rc != nil {
+			return func() error { return rc.Read(peekReadable) }
 		}
-		return func() error { return rc.Read(peekReadable) }
 	}
 	return nil
+}
+
+// rawConn returns the socket under c, or nil if c is not one.
+func rawConn(c any) syscall.RawConn {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
 }
 
 // peekReadable is a syscall.RawConn Read callback that reports whether the
@@ -551,12 +558,8 @@ func peekReadable(fd uintptr) bool {
 // and io.EOF at the end, or the error (a passed read deadline among them).
 // nil if src is not a socket.
 func pooledRead(src io.Reader) func() (*[]byte, int, error) {
-	sc, ok := src.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := rawConn(src)
+	if rc == nil {
 		return nil
 	}
 	return func() (*[]byte, int, error) {

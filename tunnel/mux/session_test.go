@@ -207,20 +207,10 @@ func TestOpenWithOneWrite(t *testing.T) {
 // answer, and not as a frame of its own; a stream that sends nothing is
 // ACKed alone after ackDelay, which frees the opener's open slot.
 func TestAckRidesOnAnswer(t *testing.T) {
-	a, b := net.Pipe()
-	rc := &recordConn{Conn: b}
+	rc := &recordConn{}
 	ccfg := DefaultConfig()
 	ccfg.OpenBacklog = 1
-	c, err := Client(a, ccfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := Server(rc, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	defer s.Close()
+	c, s := sessions(t, pipeWith(nil, rc), ccfg, nil)
 	ctx := ctxT(t, 5*time.Second)
 	out, err := c.OpenWith(ctx, []byte("dial"))
 	if err != nil {
@@ -262,6 +252,33 @@ func TestAckRidesOnAnswer(t *testing.T) {
 	}
 }
 
+// wrapper is a test connection that wraps another (recordConn,
+// pointerConn).
+type wrapper interface {
+	net.Conn
+	wrap(net.Conn)
+}
+
+func (c *recordConn) wrap(n net.Conn)  { c.Conn = n }
+func (c *pointerConn) wrap(n net.Conn) { c.Conn = n }
+
+// pipeWith is the pipe transport with the client's end wrapped in client
+// and the server's in server, where not nil.
+func pipeWith(client, server wrapper) transport {
+	return transport{"pipe", func(testing.TB) (net.Conn, net.Conn) {
+		a, b := net.Pipe()
+		if client != nil {
+			client.wrap(a)
+			a = client
+		}
+		if server != nil {
+			server.wrap(b)
+			b = server
+		}
+		return a, b
+	}}
+}
+
 // pointerConn records the address of the first byte of each Write.
 type pointerConn struct {
 	net.Conn
@@ -281,20 +298,10 @@ func (c *pointerConn) Write(p []byte) (int, error) {
 // data larger than a frame, or than the window, still arrives whole; and
 // that the bytes read match in every case.
 func TestWriteFramedInPlace(t *testing.T) {
-	a, b := net.Pipe()
-	pc := &pointerConn{Conn: a}
+	pc := &pointerConn{}
 	cfg := DefaultConfig()
 	cfg.MaxFrame = 16 << 10
-	c, err := Client(pc, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := Server(b, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	defer s.Close()
+	c, s := sessions(t, pipeWith(pc, nil), cfg, nil)
 	out, in := openAccept(t, c, s)
 	for _, size := range []int{1, 16 << 10, 16<<10 + 1, 3 * int(initialWindow) / 2} {
 		buf := make([]byte, HeaderSize+size)
