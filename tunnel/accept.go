@@ -165,21 +165,18 @@ func isTimeout(err error) bool {
 var errHungUp = errors.New("peer hung up")
 
 // waitFirstBytes waits up to d for c to have bytes to read, consuming none.
-// Connections it cannot wait on that way (not sockets) pass at once.
+// Connections it cannot wait on that way (not sockets, or closed ones)
+// pass at once; the handshake then fails on them.
 func waitFirstBytes(c net.Conn, d time.Duration) error {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
+	rc := rawConn(c)
+	if rc == nil {
 		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return err
 	}
 	c.SetReadDeadline(time.Now().Add(d))
 	defer c.SetReadDeadline(time.Time{})
 	var n int
 	var perr error
-	err = rc.Read(func(fd uintptr) bool {
+	err := rc.Read(func(fd uintptr) bool {
 		var b [1]byte
 		n, _, perr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		return perr != syscall.EAGAIN
