@@ -10,7 +10,9 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -403,6 +405,99 @@ func TestFramesWholePerWrite(t *testing.T) {
 }
 
 // slowConn delays every Write, so writers pile up behind it.
+// TestBusySessionGathers checks the gathering of the write path: a lone
+// sender never yields (its writes each go out at once), and once frames of
+// several senders have met in one write, senders made ready together share
+// writes. GOMAXPROCS 1 makes "ready together" exact: a round's senders all
+// wait on the one P when the first of them sends.
+func TestBusySessionGathers(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	a, b := tcpPair(t)
+	gate := &gatedConn{Conn: a}
+	rc := &recordConn{Conn: gate}
+	c, err := Client(rc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Server(b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	defer s.Close()
+	go func() {
+		for {
+			st, err := s.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			go io.Copy(io.Discard, st)
+		}
+	}()
+	const senders = 8
+	streams := make([]*Stream, senders)
+	for i := range streams {
+		if streams[i], err = c.Open(ctxT(t, 5*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gathering := func() int {
+		c.w.mu.Lock()
+		defer c.w.mu.Unlock()
+		return c.w.gather
+	}
+	round := func() {
+		var wg sync.WaitGroup
+		for _, st := range streams {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := st.Write([]byte("ping")); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+
+	for range 20 { // one sender at a time
+		if _, err := streams[0].Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if g := gathering(); g != 0 {
+		t.Fatalf("after a lone sender's writes, %d writes would yield; want 0", g)
+	}
+
+	gate.hold.Store(true) // the first write of a round stalls: the others pile up behind it
+	round()
+	gate.hold.Store(false)
+	if gathering() == 0 {
+		t.Fatal("frames of several senders met in a write, but the session does not gather")
+	}
+	rc.taken()
+	const rounds = 20
+	for range rounds {
+		round()
+	}
+	if writes := len(rc.taken()); writes > rounds*senders/2 {
+		t.Fatalf("%d Writes for %d frames sent by senders ready together; want at most half", writes, rounds*senders)
+	}
+}
+
+// gatedConn makes each Write wait a millisecond while hold is set.
+type gatedConn struct {
+	net.Conn
+	hold atomic.Bool
+}
+
+func (c *gatedConn) Write(p []byte) (int, error) {
+	if c.hold.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	return c.Conn.Write(p)
+}
+
 type slowConn struct {
 	net.Conn
 	delay time.Duration

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 )
@@ -18,6 +19,16 @@ import (
 // returns once the batch holding its frame is written (or the session ends).
 // Frames nobody waits for (control frames: window updates, pongs, RSTs) are
 // written by whoever holds the role when they are queued, before it lets go.
+//
+// A busy session gathers. Goroutines that the runtime makes ready together
+// (a poll that found several sockets readable) send one after another, and
+// each would write alone: one system call, and one wake-up of the peer's read
+// loop, per frame. So once frames of several senders have met in one write,
+// the next gatherWrites callers that find the connection free yield once
+// (runtime.Gosched) before they write: the goroutines ready beside them run,
+// add their frames to the same pending batch, and one write carries them
+// all. A session where frames never meet, such as one tunnel's round trips,
+// never yields and pays nothing for this.
 //
 // The read loop never writes: a frame it must send (a pong, an RST for a
 // refused stream) goes to the current writer, or, when there is none, to a
@@ -33,6 +44,10 @@ const maxPendingPongs = 16
 
 // goAwayTimeout bounds the best-effort go away written when a session ends.
 const goAwayTimeout = 250 * time.Millisecond
+
+// gatherWrites is how many writes, after frames of several senders last met
+// in one, yield first so that more can join (see the top of the file).
+const gatherWrites = 16
 
 // maxPooledBatch is the largest batch buffer kept for reuse.
 const maxPooledBatch = 1 << 20
@@ -90,6 +105,7 @@ type writer struct {
 	pending  *batch // frames waiting for the next write
 	err      error  // once set, nothing more is written
 	failErr  error  // a write error to report through fail once unlocked
+	gather   int    // writes left that yield first (gatherWrites)
 	flushers sync.WaitGroup
 
 	// Touched only by the holder of the writer role.
@@ -222,8 +238,17 @@ func (w *writer) waitLocked(b *batch) error {
 }
 
 func (w *writer) waitWrittenLocked(b *batch) error {
+	yielded := false
 	for !b.written && w.err == nil {
 		if !w.writing {
+			if w.gather > 0 && !yielded && b.direct == nil {
+				w.gather--
+				yielded = true
+				w.mu.Unlock()
+				runtime.Gosched() // b stays pending: senders ready beside us join it
+				w.mu.Lock()
+				continue
+			}
 			w.runLocked(w.takeLocked()) // b is the pending batch
 			continue
 		}
@@ -302,6 +327,9 @@ func (w *writer) runLocked(b *batch) {
 		w.mu.Unlock()
 		err := w.write(out)
 		w.mu.Lock()
+		if b.waiters > 1 || w.pending != nil && w.pending.waiters > 0 { // senders met: the session is busy
+			w.gather = gatherWrites
+		}
 		w.finishLocked(b, err)
 		next := w.pending
 		if w.err != nil || next == nil || next.waiters > 0 && drained >= maxDrain {
