@@ -172,6 +172,7 @@ type Agent struct {
 	metrics *agentMetrics
 	policy  *destPolicy    // which destinations may be dialed (policy.go)
 	wg      sync.WaitGroup // sessions and their stream handlers
+	workers *workers       // runs stream handlers and tunnel directions (workers.go)
 
 	sessionEnd atomic.Int32 // how the last session ended: endStable, endEarly, or 0 once Run has seen it
 	succ       successor    // the agent after this one, while draining (handoff.go)
@@ -198,7 +199,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		t.ServerName, _, _ = net.SplitHostPort(cfg.ServerAddress)
 	}
 	cfg.NodeName = strings.ToLower(cfg.NodeName)
-	a := &Agent{cfg: cfg, log: logger(cfg.Logger), tls: t,
+	a := &Agent{cfg: cfg, log: logger(cfg.Logger), tls: t, workers: newWorkers(),
 		session: agentSessionConfig(cfg.KeepaliveTimeout, logger(cfg.Logger)),
 		policy:  newDestPolicy(cfg.NodeIPs, cfg.PodCIDRs, cfg.AllowCIDRs, cfg.AllowPorts),
 		held:    make(map[string]int), sessions: make(map[string]*agentSession), addrs: make(map[string]string), want: 1, changed: make(chan struct{})}
@@ -241,6 +242,7 @@ func (a *Agent) Servers() (held, want int) {
 // the others).
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.succ.close() // after the drains' handoffs: deferred first, runs last
+	defer a.workers.close()
 	defer a.wg.Wait()
 	if a.cfg.HandoffSocket != "" {
 		a.listenHandoff(ctx)

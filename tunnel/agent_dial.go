@@ -68,7 +68,7 @@ func (a *Agent) carry(s *agentSession, st, target net.Conn, id uint64, addr stri
 		m = newMover(target, st, true)
 	}
 	use, untrack := s.open.track(target, m, id, addr)
-	startPipe(st, target, useCounter{a.metrics.toNode, use, false}, useCounter{a.metrics.fromNode, use, true}, m, func(moved bool) {
+	startPipe(a.workers, st, target, useCounter{a.metrics.toNode, use, false}, useCounter{a.metrics.fromNode, use, true}, m, func(moved bool) {
 		if m != nil {
 			close(m.done)
 		}

@@ -132,9 +132,11 @@ func (a *Agent) serve(ctx context.Context, s *agentSession) error {
 		a.wg.Add(1)
 		// A draining agent still dials: its context has ended, but the
 		// dial's own timeout and the server's hang-up bound it.
-		go a.serveStream(context.WithoutCancel(ctx), s, st, func() {
-			s.streams.end()
-			a.wg.Done()
+		a.workers.spawn(func() {
+			a.serveStream(context.WithoutCancel(ctx), s, st, func() {
+				s.streams.end()
+				a.wg.Done()
+			})
 		})
 	}
 }

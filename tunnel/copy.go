@@ -83,16 +83,17 @@ type counter interface {
 // An idle tunnel so costs 2 KiB of stack per end instead of 8
 // (docs/benchmarks.md). A direction that can do neither — from a TLS
 // connection — blocks in Read on its goroutine.
-func startPipe(a, b net.Conn, aToBCount, bToACount counter, m *mover, done func(moved bool)) {
-	t := &tunnelRun{a: a, b: b, m: m, done: done}
+func startPipe(w *workers, a, b net.Conn, aToBCount, bToACount counter, m *mover, done func(moved bool)) {
+	t := &tunnelRun{w: w, a: a, b: b, m: m, done: done}
 	t.left.Store(2)
 	t.ab, t.ba = newHalf(b, a, aToBCount, t), newHalf(a, b, bToACount, t)
-	go t.ab.copy(false)
-	go t.ba.copy(false)
+	w.spawn(func() { t.ab.copy(false) })
+	w.spawn(func() { t.ba.copy(false) })
 }
 
 // tunnelRun is one run of startPipe.
 type tunnelRun struct {
+	w      *workers // runs the directions (nil: goroutines of their own)
 	a, b   net.Conn
 	ab, ba *half
 	m      *mover       // or nil
@@ -215,7 +216,13 @@ func (h *half) mover() *mover {
 }
 
 // resume is the parked half's wake-up: the stream has something to read.
-func (h *half) resume() { go h.copy(true) }
+func (h *half) resume() {
+	var w *workers
+	if h.t != nil {
+		w = h.t.w
+	}
+	w.spawn(func() { h.copy(true) })
+}
 
 // parkAfter is how long a direction from a socket waits on the goroutine
 // that copied before it hands the wait to a fresh one (await). Not at once:

@@ -101,7 +101,7 @@ func BenchmarkPipe(b *testing.B) {
 	}
 	client, in := dial()
 	out, sink := dial()
-	startPipe(in, out, nil, nil, nil, func(bool) {})
+	startPipe(nil, in, out, nil, nil, nil, func(bool) {})
 	done := make(chan int64)
 	go func() { n, _ := io.Copy(io.Discard, sink); done <- n }()
 

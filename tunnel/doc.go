@@ -61,6 +61,7 @@
 // Both ends:
 //
 //	copy.go              the copy path every tunneled byte takes
+//	workers.go           the goroutines that run connections, directions and dials, kept for reuse
 //	drain.go             draining: the server's Shutdown, the agent's drain frame
 //	quiet.go             the agent's drain closes idle keep-alive tunnels
 //	move.go              moving an open tunnel from a draining agent to its successor

@@ -31,6 +31,7 @@ func (s *Server) Close() error {
 	}
 	wg.Wait()
 	s.wg.Wait()
+	s.workers.close()
 	return nil
 }
 
@@ -103,12 +104,12 @@ func (s *Server) goConn(c net.Conn, leave func(), f func(keep func() (end func()
 		s.untrack(c)
 		s.wg.Done()
 	}
-	go func() {
+	s.workers.spawn(func() {
 		kept := false
 		f(func() func() { kept = true; return end })
 		if !kept {
 			end()
 		}
-	}()
+	})
 	return true
 }

@@ -155,7 +155,7 @@ type moving struct {
 func (s *Server) carry(c net.Conn, tunnel net.Conn, done func()) {
 	sc, ok := tunnel.(*streamConn)
 	if !ok || !sc.agent.moves {
-		startPipe(c, tunnel, s.metrics.toNode, s.metrics.fromNode, nil, func(bool) { done() })
+		startPipe(s.workers, c, tunnel, s.metrics.toNode, s.metrics.fromNode, nil, func(bool) { done() })
 		return
 	}
 	mv := &moving{node: sc.agent.node, adopted: make(chan *streamConn, 1)}
@@ -181,7 +181,7 @@ func (s *Server) carryOn(c net.Conn, sc *streamConn, mv *moving, done func()) {
 	mv.mu.Lock()
 	mv.agent, mv.m = sc.agent, m
 	mv.mu.Unlock()
-	startPipe(c, sc, s.metrics.toNode, s.metrics.fromNode, m, func(moved bool) {
+	startPipe(s.workers, c, sc, s.metrics.toNode, s.metrics.fromNode, m, func(moved bool) {
 		if !moved {
 			if m.state.Load() == moveStopping {
 				s.log.Info("tunnel ended while it moved", "dial", sc.id, "node", mv.node)

@@ -184,6 +184,7 @@ type Server struct {
 	open    map[any]func() error // listeners and connections to close on Close
 	closed  bool
 	wg      sync.WaitGroup
+	workers *workers  // runs frontend connections and tunnel directions (workers.go)
 	tunnels inflight  // dials in progress and tunnels open
 	moves   sync.Map  // dial ID → *moving: open tunnels an agent may move (move.go)
 	headers sync.Pool // *bufio.Reader of MaxHeaderBytes for CONNECT requests (frontend.go)
@@ -199,6 +200,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	s := &Server{
 		cfg:      cfg,
+		workers:  newWorkers(),
 		log:      logger(cfg.Logger),
 		agentTLS: strictAgentTLS(cfg.AgentTLS),
 		routes:   newRoutes(),
