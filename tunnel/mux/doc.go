@@ -12,7 +12,9 @@
 //
 //   - No send goroutine: a writer writes its own frame to the connection, or
 //     leaves it to the writer already there, who writes everything waiting in
-//     one Write (write.go).
+//     one Write. A busy session gathers: once several senders' frames have
+//     met in a write, the next senders yield once before writing, so that
+//     goroutines ready with them share the write (write.go).
 //   - One read loop per session, which reads data straight into the stream's
 //     receive buffer and wakes only that stream's reader. Buffers are lists
 //     of pooled 16 KiB chunks, given back as soon as they drain; the loop
