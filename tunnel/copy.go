@@ -87,8 +87,21 @@ func startPipe(w *workers, a, b net.Conn, aToBCount, bToACount counter, m *mover
 	t := &tunnelRun{w: w, a: a, b: b, m: m, done: done}
 	t.left.Store(2)
 	t.ab, t.ba = newHalf(b, a, aToBCount, t), newHalf(a, b, bToACount, t)
-	w.spawn(func() { t.ab.copy(false) })
-	w.spawn(func() { t.ba.copy(false) })
+	t.ab.start()
+	t.ba.start()
+}
+
+// start runs the direction on a kept goroutine (workers.go) if it can
+// park, and otherwise on a new one: a direction that cannot park (from a
+// TLS connection, an SSH channel) waits in Read on its goroutine for the
+// tunnel's life, and a kept goroutine's stack may have grown for earlier
+// jobs, which an idle tunnel must not hold.
+func (h *half) start() {
+	if h.st == nil && rawConn(h.src) == nil {
+		go h.copy(false)
+		return
+	}
+	h.t.w.spawn(func() { h.copy(false) })
 }
 
 // tunnelRun is one run of startPipe.

@@ -404,7 +404,6 @@ func TestFramesWholePerWrite(t *testing.T) {
 	t.Logf("%d frames in %d writes", frames, len(writes))
 }
 
-// slowConn delays every Write, so writers pile up behind it.
 // TestBusySessionGathers checks the gathering of the write path: a lone
 // sender never yields (its writes each go out at once), and once frames of
 // several senders have met in one write, senders made ready together share
@@ -498,6 +497,7 @@ func (c *gatedConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
+// slowConn delays every Write, so writers pile up behind it.
 type slowConn struct {
 	net.Conn
 	delay time.Duration

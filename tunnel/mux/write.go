@@ -272,6 +272,9 @@ func (w *writer) awaitLocked() error {
 // awaitOwnLocked waits until b is written or its waiters are handed the
 // connection, releasing w.mu meanwhile.
 func (w *writer) awaitOwnLocked(b *batch) error {
+	if b.handed { // one of b's waiters holds the role now, and b goes next
+		return w.sleepLocked(b.doneChan(), nil)
+	}
 	if b.turn == nil {
 		b.turn = make(chan struct{})
 	}
