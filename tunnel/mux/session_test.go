@@ -338,25 +338,7 @@ func TestFramesWholePerWrite(t *testing.T) {
 	a, b := net.Pipe()
 	slow := &slowConn{Conn: a, delay: 2 * time.Millisecond}
 	rc := &recordConn{Conn: slow}
-	c, err := Client(rc, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := Server(b, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	defer s.Close()
-	go func() {
-		for {
-			st, err := s.Accept(context.Background())
-			if err != nil {
-				return
-			}
-			go io.Copy(io.Discard, st)
-		}
-	}()
+	c := discardingPair(t, rc, b)
 	const writers, msgs = 16, 20
 	var wg sync.WaitGroup
 	for i := range writers {
@@ -414,31 +396,15 @@ func TestBusySessionGathers(t *testing.T) {
 	a, b := tcpPair(t)
 	gate := &gatedConn{Conn: a}
 	rc := &recordConn{Conn: gate}
-	c, err := Client(rc, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := Server(b, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	defer s.Close()
-	go func() {
-		for {
-			st, err := s.Accept(context.Background())
-			if err != nil {
-				return
-			}
-			go io.Copy(io.Discard, st)
-		}
-	}()
+	c := discardingPair(t, rc, b)
 	const senders = 8
 	streams := make([]*Stream, senders)
 	for i := range streams {
-		if streams[i], err = c.Open(ctxT(t, 5*time.Second)); err != nil {
+		st, err := c.Open(ctxT(t, 5*time.Second))
+		if err != nil {
 			t.Fatal(err)
 		}
+		streams[i] = st
 	}
 	gathering := func() int {
 		c.w.mu.Lock()
@@ -495,6 +461,32 @@ func (c *gatedConn) Write(p []byte) (int, error) {
 		time.Sleep(time.Millisecond)
 	}
 	return c.Conn.Write(p)
+}
+
+// discardingPair runs a client session on a and a server session on b
+// whose accepted streams discard what they read, and returns the client;
+// both close when t ends.
+func discardingPair(t *testing.T, a, b net.Conn) *Session {
+	t.Helper()
+	c, err := Client(a, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Server(b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	go func() {
+		for {
+			st, err := s.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			go io.Copy(io.Discard, st)
+		}
+	}()
+	return c
 }
 
 // slowConn delays every Write, so writers pile up behind it.
