@@ -229,13 +229,8 @@ func (h *half) mover() *mover {
 }
 
 // resume is the parked half's wake-up: the stream has something to read.
-func (h *half) resume() {
-	var w *workers
-	if h.t != nil {
-		w = h.t.w
-	}
-	w.spawn(func() { h.copy(true) })
-}
+// Only a tunnel's half parks.
+func (h *half) resume() { h.t.w.spawn(func() { h.copy(true) }) }
 
 // parkAfter is how long a direction from a socket waits on the goroutine
 // that copied before it hands the wait to a fresh one (await). Not at once:

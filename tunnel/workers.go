@@ -70,12 +70,13 @@ func (w *workers) work(f func()) {
 		}
 		select {
 		case f = <-w.jobs:
-			w.idle.Add(-1)
 		case <-expire.C:
-			w.idle.Add(-1)
-			return
+			f = nil
 		case <-w.quit:
-			w.idle.Add(-1)
+			f = nil
+		}
+		w.idle.Add(-1)
+		if f == nil {
 			return
 		}
 	}
