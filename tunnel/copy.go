@@ -97,7 +97,7 @@ func startPipe(w *workers, a, b net.Conn, aToBCount, bToACount counter, m *mover
 // tunnel's life, and a kept goroutine's stack may have grown for earlier
 // jobs, which an idle tunnel must not hold.
 func (h *half) start() {
-	if h.st == nil && rawConn(h.src) == nil {
+	if h.st == nil && h.fill == nil {
 		go h.copy(false)
 		return
 	}
@@ -143,16 +143,17 @@ func copyHalf(dst, src net.Conn, count counter) int64 {
 type half struct {
 	dst, src net.Conn
 	count    counter
-	st       *mux.Stream  // src, when it is a session stream
-	moved    atomic.Int64 // bytes moved, by the copier and by the sink
-	t        *tunnelRun   // the tunnel, or nil for copyHalf
-	paused   bool         // the half stopped for a move (set before halfEnded)
+	st       *mux.Stream                  // src, when it is a session stream
+	fill     func() (*[]byte, int, error) // pooledRead of src, when it is a socket
+	moved    atomic.Int64                 // bytes moved, by the copier and by the sink
+	t        *tunnelRun                   // the tunnel, or nil for copyHalf
+	paused   bool                         // the half stopped for a move (set before halfEnded)
 	// idleUntil is the read deadline armIdle left on src, or zero.
 	idleUntil time.Time
 }
 
 func newHalf(dst, src net.Conn, count counter, t *tunnelRun) *half {
-	h := &half{dst: dst, src: src, count: count, t: t}
+	h := &half{dst: dst, src: src, count: count, t: t, fill: pooledRead(src)}
 	if h.st = sessionStream(src); h.st != nil {
 		if sink := socketSink(dst, count, &h.moved); sink != nil {
 			h.st.SetSink(sink)
@@ -168,7 +169,7 @@ func newHalf(dst, src net.Conn, count counter, t *tunnelRun) *half {
 // one copy and the next, the stream's lock or the go statement orders
 // every access to h.
 func (h *half) copy(ready bool) {
-	fill := pooledRead(h.src)
+	fill := h.fill
 	var pause pauseFunc
 	switch {
 	case h.st != nil && h.t != nil:
@@ -464,32 +465,53 @@ func socketSink(dst net.Conn, count counter, moved *atomic.Int64) func([]byte) i
 	if rc == nil {
 		return nil
 	}
-	return func(p []byte) int {
-		if len(p) > smallBufSize {
-			return 0 // bulk: the copier's goroutine writes it, beside the read loop
-		}
-		n := 0
-		rc.Write(func(fd uintptr) bool {
-			for n < len(p) {
-				k, err := syscall.Write(int(fd), p[n:])
-				if err == syscall.EINTR {
-					continue
-				}
-				if k <= 0 || err != nil {
-					break // EAGAIN, or an error the blocking write will see
-				}
-				n += k
-			}
-			return true // never wait: the copier does that
-		})
-		if n > 0 {
-			moved.Add(int64(n))
-			if count != nil {
-				count.Add(float64(n))
-			}
-		}
-		return n
+	s := &sockSink{rc: rc, count: count, moved: moved}
+	s.call = s.write
+	return s.take
+}
+
+// sockSink is socketSink's sink. Its RawConn callback is bound once, so a
+// write allocates nothing; only the session's read loop calls take.
+type sockSink struct {
+	rc    syscall.RawConn
+	count counter
+	moved *atomic.Int64
+	call  func(fd uintptr) bool // s.write
+	p     []byte                // what take is writing
+	n     int                   // how much of p is written
+}
+
+func (s *sockSink) take(p []byte) int {
+	if len(p) > smallBufSize {
+		return 0 // bulk: the copier's goroutine writes it, beside the read loop
 	}
+	s.p, s.n = p, 0
+	s.rc.Write(s.call)
+	n := s.n
+	s.p = nil
+	if n > 0 {
+		s.moved.Add(int64(n))
+		if s.count != nil {
+			s.count.Add(float64(n))
+		}
+	}
+	return n
+}
+
+// write is the RawConn callback: it writes what the socket takes now and
+// never waits, which the copier does.
+func (s *sockSink) write(fd uintptr) bool {
+	for s.n < len(s.p) {
+		k, err := syscall.Write(int(fd), s.p[s.n:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if k <= 0 || err != nil {
+			break // EAGAIN, or an error the blocking write will see
+		}
+		s.n += k
+	}
+	return true
 }
 
 // resetter is a connection that can end both ways at once, telling the
@@ -571,41 +593,56 @@ func peekReadable(fd uintptr) bool {
 // takes from the pool only then: one read where a wait and a read took a
 // peek and a read. It returns the buffer and the byte count, or no buffer
 // and io.EOF at the end, or the error (a passed read deadline among them).
-// nil if src is not a socket.
+// nil if src is not a socket. One goroutine at a time may call it.
 func pooledRead(src io.Reader) func() (*[]byte, int, error) {
 	rc := rawConn(src)
 	if rc == nil {
 		return nil
 	}
-	return func() (*[]byte, int, error) {
-		var (
-			bp   *[]byte
-			n    int
-			rerr error
-		)
-		err := rc.Read(func(fd uintptr) bool {
-			bp = smallBufs.Get().(*[]byte)
-			for {
-				n, rerr = syscall.Read(int(fd), *bp)
-				if rerr != syscall.EINTR {
-					break
-				}
-			}
-			if n > 0 {
-				return true
-			}
-			smallBufs.Put(bp)
-			bp = nil
-			return rerr != syscall.EAGAIN
-		})
-		switch {
-		case err != nil:
-			return nil, 0, err
-		case rerr != nil:
-			return nil, 0, os.NewSyscallError("read", rerr)
-		case bp == nil:
-			return nil, 0, io.EOF
-		}
-		return bp, n, nil
+	r := &sockRead{rc: rc}
+	r.call = r.read
+	return r.fill
+}
+
+// sockRead is pooledRead's reader. Its RawConn callback is bound once, so
+// a read allocates nothing.
+type sockRead struct {
+	rc   syscall.RawConn
+	call func(fd uintptr) bool // r.read
+	bp   *[]byte               // the buffer read into, if the read found data
+	n    int
+	err  error
+}
+
+func (r *sockRead) fill() (*[]byte, int, error) {
+	err := r.rc.Read(r.call)
+	bp, n, rerr := r.bp, r.n, r.err
+	r.bp, r.n, r.err = nil, 0, nil
+	switch {
+	case err != nil:
+		return nil, 0, err
+	case rerr != nil:
+		return nil, 0, os.NewSyscallError("read", rerr)
+	case bp == nil:
+		return nil, 0, io.EOF
 	}
+	return bp, n, nil
+}
+
+// read is the RawConn callback: false makes the runtime wait for the
+// socket and call it again.
+func (r *sockRead) read(fd uintptr) bool {
+	r.bp = smallBufs.Get().(*[]byte)
+	for {
+		r.n, r.err = syscall.Read(int(fd), *r.bp)
+		if r.err != syscall.EINTR {
+			break
+		}
+	}
+	if r.n > 0 {
+		return true
+	}
+	smallBufs.Put(r.bp)
+	r.bp = nil
+	return r.err != syscall.EAGAIN
 }

@@ -32,7 +32,7 @@ type batchConn struct {
 	r        readAhead
 	mu       sync.Mutex
 	batching bool
-	buf      []byte
+	buf      *[]byte // from batchBufs while a batch holds bytes
 }
 
 func (b *batchConn) Read(p []byte) (int, error) { return b.r.Read(b.Conn, p) }
@@ -44,14 +44,14 @@ func (b *batchConn) Write(p []byte) (int, error) {
 		return b.Conn.Write(p)
 	}
 	if b.buf == nil {
-		b.buf = *batchBufs.Get().(*[]byte)
+		b.buf = batchBufs.Get().(*[]byte)
 	}
-	b.buf = append(b.buf, p...)
-	if len(b.buf) < batchLimit {
+	*b.buf = append(*b.buf, p...)
+	if len(*b.buf) < batchLimit {
 		return len(p), nil
 	}
-	_, err := b.Conn.Write(b.buf)
-	b.buf = b.buf[:0]
+	_, err := b.Conn.Write(*b.buf)
+	*b.buf = (*b.buf)[:0]
 	return len(p), err
 }
 
@@ -66,13 +66,16 @@ func (b *batchConn) end() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.batching = false
-	if len(b.buf) == 0 {
+	if b.buf == nil {
 		return nil
 	}
-	_, err := b.Conn.Write(b.buf)
-	if cap(b.buf) <= maxBatchKeep { // a rare huge batch is left to the GC
-		buf := b.buf[:0]
-		batchBufs.Put(&buf)
+	var err error
+	if len(*b.buf) > 0 {
+		_, err = b.Conn.Write(*b.buf)
+	}
+	if cap(*b.buf) <= maxBatchKeep { // a rare huge batch is left to the GC
+		*b.buf = (*b.buf)[:0]
+		batchBufs.Put(b.buf)
 	}
 	b.buf = nil // a quiet session pins no batch buffer
 	return err

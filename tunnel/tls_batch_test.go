@@ -117,3 +117,37 @@ func TestBatchLimit(t *testing.T) {
 		t.Fatal("the batch buffer stays pinned after the batch")
 	}
 }
+
+// discardWrites is a connection whose writes succeed and go nowhere.
+type discardWrites struct{ net.Conn }
+
+func (discardWrites) Write(p []byte) (int, error) { return len(p), nil }
+
+// TestBatchBuffersReturn checks that a batch hands its buffer back to the
+// pool at its end, also when its last bytes left at the limit inside Write,
+// and that a batch allocates nothing once the pool holds a buffer (not
+// checked under the race detector, whose pools drop buffers on purpose).
+func TestBatchBuffersReturn(t *testing.T) {
+	b := &batchConn{Conn: discardWrites{}}
+	rec := make([]byte, batchLimit/4)
+	batch := func(records int) {
+		b.begin()
+		for range records {
+			if _, err := b.Write(rec); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.end(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, records := range []int{1, 4, 9} { // 4: the limit is reached in Write, and the end has nothing left
+		batch(records)
+		if b.buf != nil {
+			t.Fatalf("a batch of %d records kept its buffer after its end", records)
+		}
+	}
+	if allocs := testing.AllocsPerRun(100, func() { batch(1) }); allocs != 0 && !raceEnabled {
+		t.Fatalf("a batch allocates %.1f times; want none", allocs)
+	}
+}
