@@ -414,6 +414,7 @@ func TestRoundTripAllocs(t *testing.T) {
 			}
 		}
 	}()
+	user.SetDeadline(time.Now().Add(30 * time.Second)) // a stall fails the test instead of hanging it
 	msg := make([]byte, 64)
 	roundTrip := func() {
 		if _, err := user.Write(msg); err != nil {
@@ -439,6 +440,11 @@ func TestRoundTripAllocs(t *testing.T) {
 		t.Errorf("%.3f heap allocations per round trip; want none", perTrip)
 	}
 	user.Close()
-	<-ended
-	<-ended
+	for range 2 {
+		select {
+		case <-ended:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the tunnel did not end after the client closed")
+		}
+	}
 }
