@@ -255,26 +255,7 @@ func TestFastLaneUnderBackpressure(t *testing.T) {
 		return c, s
 	}
 	sc, ss := pair()
-	client, err := mux.Client(sc, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := mux.Server(ss, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	a, err := client.Open(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := server.Accept(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b := streamPair(t, sc, ss)
 	dst, reader := pair()
 	var count byteCount
 	piped := make(chan int64, 1)
@@ -374,26 +355,7 @@ func TestIdleTunnelsWaitOnFreshGoroutines(t *testing.T) {
 func TestRoundTripAllocs(t *testing.T) {
 	ln := listenTCP(t, "127.0.0.1:0")
 	sc, ss := connPair(t, ln)
-	client, err := mux.Client(sc, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := mux.Server(ss, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	a, err := client.Open(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := server.Accept(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b := streamPair(t, sc, ss)
 	w := newWorkers()
 	defer w.close()
 	user, in := connPair(t, ln)
@@ -447,4 +409,30 @@ func TestRoundTripAllocs(t *testing.T) {
 			t.Fatal("the tunnel did not end after the client closed")
 		}
 	}
+}
+
+// streamPair runs a session over the connection c, s (client and server
+// ends), and returns a stream the client opened and the server accepted.
+// The sessions close at cleanup.
+func streamPair(t *testing.T, c, s net.Conn) (a, b *mux.Stream) {
+	t.Helper()
+	client, err := mux.Client(c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	server, err := mux.Server(s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if a, err = client.Open(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if b, err = server.Accept(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return a, b
 }
