@@ -29,15 +29,7 @@ var benchKinds = []benchKind{
 }
 
 func benchMux(b *testing.B, ca, cb net.Conn) (net.Conn, net.Conn) {
-	c, err := Client(ca, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	s, err := Server(cb, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { c.Close(); s.Close() })
+	c, s := sessionsOn(b, ca, cb, nil, nil)
 	x, y := openAccept(b, c, s)
 	return x, y
 }

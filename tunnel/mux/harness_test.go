@@ -125,6 +125,13 @@ func testCert(tb testing.TB) tls.Certificate {
 func sessions(tb testing.TB, tr transport, ccfg, scfg *Config) (client, server *Session) {
 	tb.Helper()
 	a, b := tr.pair(tb)
+	return sessionsOn(tb, a, b, ccfg, scfg)
+}
+
+// sessionsOn starts a client session on a and a server session on b,
+// closed at cleanup.
+func sessionsOn(tb testing.TB, a, b net.Conn, ccfg, scfg *Config) (client, server *Session) {
+	tb.Helper()
 	client, err := Client(a, ccfg)
 	if err != nil {
 		tb.Fatal(err)

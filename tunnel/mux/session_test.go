@@ -468,15 +468,7 @@ func (c *gatedConn) Write(p []byte) (int, error) {
 // both close when t ends.
 func discardingPair(t *testing.T, a, b net.Conn) *Session {
 	t.Helper()
-	c, err := Client(a, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := Server(b, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
+	c, s := sessionsOn(t, a, b, nil, nil)
 	go func() {
 		for {
 			st, err := s.Accept(context.Background())
